@@ -1,0 +1,55 @@
+"""The soft prompt (view 1): M shared context vectors placed before each class name."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbone import Backbone
+from .config import PromptConfig
+
+
+class PromptLearner(nn.Module):
+    """Learnable context `[SOS][ctx_1..ctx_M][class name][.][EOT]`, shared by every class.
+
+    Only `ctx` trains. The class names are an argument of `forward`, not part of the state, so a
+    context tuned on base classes classifies any other list of names (new classes) unchanged.
+    """
+
+    def __init__(self, backbone: Backbone, cfg: PromptConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        # A plain attribute, not a submodule: the frozen CLIP is not part of the learner's state_dict.
+        self.__dict__["backbone"] = backbone
+        self.n_ctx = cfg.n_ctx
+        self.ctx = nn.Parameter(self._initial_context(cfg, generator))  # [M, token_dim]
+        self._class_tokens: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        backbone.prompt_ids([[0]], n_ctx=self.n_ctx)  # fail now if even a one-word prompt cannot fit
+
+    def _initial_context(self, cfg: PromptConfig, generator: torch.Generator | None) -> torch.Tensor:
+        """Word embeddings of `ctx_init`, right-aligned so the prompt ends in "... a photo of a {class}.";
+        positions the words do not cover (or all, without init words) are drawn from N(0, 0.02^2)."""
+        backbone = self.backbone
+        ctx = torch.randn(cfg.n_ctx, backbone.token_dim, generator=generator) * 0.02
+        if cfg.ctx_init.strip():
+            words = backbone.word_ids(cfg.ctx_init)[-cfg.n_ctx :]
+            ids = torch.tensor(words, dtype=torch.long, device=backbone.device)
+            with torch.no_grad():
+                ctx[cfg.n_ctx - len(words) :] = backbone.embed_tokens(ids).float().cpu()
+        return ctx.to(backbone.device)
+
+    def _frozen_tokens(self, classnames: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings [C, L, D] of the prompts with ctx slots left to fill, and EOT positions [C]; cached."""
+        if classnames not in self._class_tokens:
+            words = [self.backbone.word_ids(name + ".") for name in classnames]
+            ids, eot = self.backbone.prompt_ids(words, n_ctx=self.n_ctx)
+            with torch.no_grad():
+                self._class_tokens[classnames] = (self.backbone.embed_tokens(ids), eot)
+        return self._class_tokens[classnames]
+
+    def forward(self, classnames: tuple[str, ...] | list[str]) -> torch.Tensor:
+        """Soft-prompt text features for these classes: L2-normalised [C, E]."""
+        embeddings, eot = self._frozen_tokens(tuple(classnames))  # [C, L, D], [C]
+        n_cls = embeddings.shape[0]
+        ctx = self.ctx.to(embeddings.dtype).unsqueeze(0).expand(n_cls, -1, -1)  # [C, M, D]
+        prompts = torch.cat([embeddings[:, :1], ctx, embeddings[:, 1 + self.n_ctx :]], dim=1)  # [C, L, D]
+        return self.backbone.encode_embeddings(prompts, eot)

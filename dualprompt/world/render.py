@@ -1,0 +1,146 @@
+"""Deterministic renderer of the world: one coloured shape on a background, in one image style.
+
+`render(colour, shape, style, rng)` draws only from `rng`, so the same generator state gives the same
+image. Shapes are drawn as a mask at twice the output size and box-downsampled (anti-aliasing), then
+composited over a tinted, shaded background; the style is applied last.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from dualprompt.world.vocab import COLOURS, SHAPES, STYLES
+
+IMAGE_SIZE = 32
+_SUPERSAMPLE = 2
+_CANVAS = IMAGE_SIZE * _SUPERSAMPLE
+
+Polygon = list[tuple[float, float]]  # unit coordinates, shape centred at (0, 0), radius ~1
+
+
+def _regular(n: int, radius: float = 1.0, phase: float = -math.pi / 2) -> Polygon:
+    angles = [phase + 2 * math.pi * k / n for k in range(n)]
+    return [(radius * math.cos(a), radius * math.sin(a)) for a in angles]
+
+
+def _star() -> Polygon:
+    return [
+        ((1.0 if k % 2 == 0 else 0.42) * math.cos(-math.pi / 2 + math.pi * k / 5),
+         (1.0 if k % 2 == 0 else 0.42) * math.sin(-math.pi / 2 + math.pi * k / 5))
+        for k in range(10)
+    ]
+
+
+def _heart() -> Polygon:
+    points = []
+    for k in range(40):
+        t = 2 * math.pi * k / 40
+        x = 16 * math.sin(t) ** 3
+        y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
+        points.append((x / 17, -(y + 2.5) / 17))  # image y points down
+    return points
+
+
+_CIRCLE = _regular(32)
+_CROSS = [(-0.33, -1), (0.33, -1), (0.33, -0.33), (1, -0.33), (1, 0.33), (0.33, 0.33), (0.33, 1),
+          (-0.33, 1), (-0.33, 0.33), (-1, 0.33), (-1, -0.33), (-0.33, -0.33)]
+_ARROW = [(-1, -0.28), (0.15, -0.28), (0.15, -0.75), (1, 0), (0.15, 0.75), (0.15, 0.28), (-1, 0.28)]
+
+# Shape -> mask operations in drawing order: (polygon, fill). Fill 0 cuts a hole (ring, moon).
+SHAPE_OPS: dict[str, list[tuple[Polygon, int]]] = {
+    "circle": [(_CIRCLE, 255)],
+    "square": [(_regular(4, 1.2, -math.pi / 4), 255)],
+    "triangle": [([(x, y + 0.15) for x, y in _regular(3, 1.1)], 255)],
+    "star": [(_star(), 255)],
+    "cross": [(_CROSS, 255)],
+    "diamond": [([(0, -1.05), (0.6, 0), (0, 1.05), (-0.6, 0)], 255)],
+    "ring": [(_CIRCLE, 255), (_regular(32, 0.55), 0)],
+    "arrow": [(_ARROW, 255)],
+    "moon": [(_CIRCLE, 255), ([(x + 0.5, y - 0.2) for x, y in _regular(32, 0.85)], 0)],
+    "heart": [(_heart(), 255)],
+}
+assert set(SHAPE_OPS) == set(SHAPES), "every shape of the vocabulary needs a drawing"
+
+
+def shape_mask(shape: str, rng: np.random.Generator) -> np.ndarray:
+    """Coverage mask of `shape` at a random position, scale and rotation.
+
+    Returns:
+        float32 [IMAGE_SIZE, IMAGE_SIZE] in [0, 1]; 1 = inside the shape.
+    """
+    radius = rng.uniform(0.17, 0.33) * _CANVAS  # shape radius in canvas pixels
+    margin = radius * 0.8  # the shape may touch the border, never leave the frame
+    cx, cy = rng.uniform(margin, _CANVAS - margin, size=2)
+    angle = rng.uniform(-0.5, 0.5)  # radians; small enough that a square never becomes a diamond
+    cos_a, sin_a = math.cos(angle), math.sin(angle)
+    canvas = Image.new("L", (_CANVAS, _CANVAS), 0)
+    draw = ImageDraw.Draw(canvas)
+    for polygon, fill in SHAPE_OPS[shape]:
+        points = [(cx + radius * (x * cos_a - y * sin_a), cy + radius * (x * sin_a + y * cos_a)) for x, y in polygon]
+        draw.polygon(points, fill=fill)
+    small = canvas.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def _background(rng: np.random.Generator, low: float, high: float) -> np.ndarray:
+    """A light-to-mid grey background with a small colour tint and a linear shading gradient.
+
+    Returns:
+        float32 [IMAGE_SIZE, IMAGE_SIZE, 3] in 0..255.
+    """
+    base = rng.uniform(low, high) + rng.uniform(-12, 12, size=3)  # [3]
+    ramp = np.linspace(-1.0, 1.0, IMAGE_SIZE, dtype=np.float32)
+    gx, gy = rng.uniform(-15, 15, size=2)
+    shading = gx * ramp[None, :] + gy * ramp[:, None]  # [H, W]
+    return (base[None, None, :] + shading[:, :, None]).astype(np.float32)
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """The 1-2 px border of a coverage mask (mask minus its erosion), float32 [H, W] in [0, 1]."""
+    image = Image.fromarray((mask * 255).astype(np.uint8))
+    eroded = np.asarray(image.filter(ImageFilter.MinFilter(3)), dtype=np.float32) / 255.0
+    return np.clip(mask - eroded, 0.0, 1.0) * 1.6
+
+
+def _to_image(pixels: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), mode="RGB")
+
+
+def render(colour: str, shape: str, style: str, rng: np.random.Generator) -> Image.Image:
+    """Render one 32x32 RGB image of a `colour` `shape` in `style`, drawing all randomness from `rng`."""
+    if colour not in COLOURS or shape not in SHAPES or style not in STYLES:
+        raise ValueError(
+            f"Unknown colour, shape or style ({colour!r}, {shape!r}, {style!r}); see dualprompt.world.vocab."
+        )
+    rgb = np.asarray(COLOURS[colour], dtype=np.float32) + rng.uniform(-15, 15, size=3)  # [3]
+    mask = shape_mask(shape, rng)  # [H, W]
+    if style == "sketch":
+        # A line drawing on light paper: only the outline, in the shape's colour.
+        background = _background(rng, 220, 245)
+        alpha = np.clip(_outline(mask), 0.0, 1.0)[:, :, None]
+    else:
+        background = _background(rng, 100, 225)
+        alpha = mask[:, :, None]
+    pixels = background * (1.0 - alpha) + rgb[None, None, :] * alpha  # [H, W, 3]
+    return _apply_style(pixels, style, rng)
+
+
+def _apply_style(pixels: np.ndarray, style: str, rng: np.random.Generator) -> Image.Image:
+    """Apply the image-level corruption of `style` to float pixels [H, W, 3] in 0..255."""
+    noise_std = {"noisy": rng.uniform(22, 38)}.get(style, 3.0)
+    pixels = pixels + rng.normal(0.0, noise_std, size=pixels.shape).astype(np.float32)
+    if style == "faded":
+        # Low contrast: pull everything towards a light grey.
+        amount = rng.uniform(0.5, 0.65)
+        pixels = pixels * (1.0 - amount) + 210.0 * amount
+    image = _to_image(pixels)
+    if style == "blurry":
+        image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(1.4, 2.0))))
+    elif style == "pixelated":
+        blocks = int(rng.integers(7, 10))
+        image = image.resize((blocks, blocks), Image.Resampling.BOX)
+        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.NEAREST)
+    return image

@@ -1,0 +1,94 @@
+"""The benchmark compares like with like: (a) the field's loop and (b) ours compute the same thing.
+
+Not timing tests: timings belong to `python -m dualprompt.bench` on a quiet machine (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from dualprompt.bench import (
+    FieldPromptLearner,
+    build_problem,
+    prompt_length,
+    run_field_loop,
+    run_our_loop,
+    text_encoder_flops,
+)
+from dualprompt import world
+from dualprompt.config import PromptConfig
+from dualprompt.prompt_learner import PromptLearner
+
+# Both loops draw the same batches and views and start from the same context; only float round-off
+# differs (77-position vs truncated attention, batch composition of the image encoder).
+LOSS_RTOL = 1e-4
+SMALL = {"shots": 4, "n_views": 2, "batch_size": 8, "steps": 15, "test_images": 100, "lr": 0.02}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops run fastest on one thread, and far slower with more threads than free cores (shared CI)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def assert_same_accuracy(problem, field: dict, ours: dict) -> None:
+    """Base and new: the same predictions, up to a near-tie flipped by round-off (one test image)."""
+    for eval_set, a, b in zip(problem.eval_sets, field["accuracy"], ours["accuracy"]):
+        assert abs(a - b) <= 100.0 / len(eval_set.items) + 1e-9, eval_set.name
+
+
+@pytest.mark.parametrize("method", ["coop", "dualprompt"])
+def test_field_loop_and_our_loop_reach_the_same_loss_and_accuracy(test_clip, isolated_dirs, method):
+    """test_clip has CLIP's 77-token context and BPE tokenizer, so (a) runs 77 positions and (b) about 10."""
+    problem = build_problem(test_clip, method=method, **SMALL)
+    assert prompt_length(PromptLearner(test_clip, PromptConfig()), problem.classnames) < 20
+    field, ours = run_field_loop(problem), run_our_loop(problem)
+    assert field["steps"] == ours["steps"] >= SMALL["steps"]
+    assert ours["final_loss"] == pytest.approx(field["final_loss"], rel=LOSS_RTOL)
+    assert_same_accuracy(problem, field, ours)
+
+
+@pytest.mark.skipif(not world.CHECKPOINT_PATH.is_file(), reason="the tiny CLIP checkpoint is not built yet")
+def test_same_accuracy_with_the_pretrained_tiny_clip(tiny_clip, isolated_dirs):
+    """A CLIP that actually classifies the images: tuning moves accuracy, identically in both loops."""
+    problem = build_problem(tiny_clip, method="coop", **SMALL)
+    field, ours = run_field_loop(problem), run_our_loop(problem)
+    assert ours["final_loss"] == pytest.approx(field["final_loss"], rel=LOSS_RTOL)
+    assert_same_accuracy(problem, field, ours)
+    assert ours["accuracy"][0] > 20.0  # well above chance (10%), so the agreement is not two coin flips
+
+
+def test_more_class_prompts_pad_with_distractor_names(test_clip, isolated_dirs):
+    problem = build_problem(test_clip, classes=40, **SMALL)
+    assert len(problem.classnames) == len(set(problem.classnames)) == 40
+    assert problem.handcrafted.shape[0] == 40
+
+
+@pytest.mark.parametrize("kind", [PromptLearner, FieldPromptLearner])
+def test_flop_estimate_equals_torch_flop_counter(test_clip, kind):
+    learner = kind(test_clip, PromptConfig())
+    names = ("red circle", "a much longer class name with many words", "dog")
+    length = test_clip.context_length if kind is FieldPromptLearner else prompt_length(learner, names)
+    with FlopCounterMode(display=False) as counter:
+        learner(names).sum().backward()
+    assert counter.get_total_flops() == pytest.approx(text_encoder_flops(test_clip, len(names), length), rel=1e-9)
+
+
+def test_smoke_command_prints_the_comparison(isolated_dirs):
+    done = subprocess.run([sys.executable, "-m", "dualprompt.bench", "--smoke", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    for field in ("(a) field loop", "(b) our loop", "(b)/(a)", "train steps/s", "time per trial, warm cache",
+                  "time per trial, cold cache", "feature extraction", "peak memory above loaded model",
+                  "final training loss", "test accuracy", "GFLOP", "matmul probe", "% of the probe",
+                  "load average"):
+        assert field in out, f"{field!r} missing from:\n{out}"

@@ -1,0 +1,93 @@
+"""Bad input to `sweeps/base2new.py`: the real command, one sentence on stderr, exit code 2, Ray never imported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "sweeps" / "base2new.py"
+# Runs the script as `python sweeps/base2new.py ARGS` would, then reports whether Ray was ever imported.
+WRAPPER = """
+import runpy, sys
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    print("RAY_IMPORTED=" + str("ray" in sys.modules))
+"""
+
+
+def run_cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DUALPROMPT_DATA_ROOT": str(tmp_path / "data"), "DUALPROMPT_CACHE_DIR": str(tmp_path / "f")}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-c", WRAPPER, str(SCRIPT), *args], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--datasets", "eurosatt"], "Unknown dataset 'eurosatt'; did you mean 'eurosat'"),
+        (["--datasets", "dtd"], "Dataset dtd is not usable"),
+        (["--datasets", "imagenet_a"], "test-only"),
+        (["--num-samples", "0"], "--num-samples must be at least 1"),
+        (["--num-samples", "many"], "invalid int value"),
+        (["--set", "n_cxt=8"], "n_cxt: not a configuration field. Did you mean n_ctx?"),
+        (["--set", "lr=fast"], "lr: 'fast' is not a valid float"),
+        (["--set", "lr"], "lr: expected KEY=VALUE"),
+        (["--set", "seed=3"], "--set seed is not allowed"),
+        (["--bound", "n_ctx=0:8"], "out of range: n_ctx: 0 is outside 1..64"),
+        (["--bound", "mi_temperature=0:0.5"], "out of range: mi_temperature"),
+        (["--bound", "lr=0.1:1"], "not a searched parameter"),
+        (["--seeds", "1,x"], "--seeds takes comma-separated integers"),
+        (["--epochs", "0"], "epochs: 0 must be >= 1"),
+        (["--storage-path", "{blocked}/sub"], "Cannot write results"),
+        (["--gpus-per-trial", "1"], "has none"),
+        (["--gpus-per-trial", "1", "--workers-per-trial", "2"], "fraction of a GPU"),
+        (["--workers-per-trial", "0"], "--workers-per-trial must be at least 1"),
+        (["--stage", "final"], "--stage final needs the search rows"),
+    ],
+)
+def test_bad_input_is_one_sentence_exit_2_and_no_ray(args, words, tmp_path):
+    if args[:2] == ["--gpus-per-trial", "1"] and len(args) == 2:
+        pytest.importorskip("torch")
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    (tmp_path / "blocked").write_text("a file, so nothing can be created below it")
+    args = [a.replace("{blocked}", str(tmp_path / "blocked")) for a in args]
+    default_storage = ["--storage-path", str(tmp_path / "results")] if "--storage-path" not in args else []
+    result = run_cli([*args, *default_storage], tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("base2new.py: error: ") and lines[0].endswith((".", "?", ")")), lines[0]
+    assert words in lines[0]
+    assert "RAY_IMPORTED=False" in result.stdout
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.parquet"))
+
+
+def test_help_explains_every_option_in_one_line(tmp_path):
+    result = run_cli(["--help"], tmp_path)
+    assert result.returncode == 0
+    for flag in ("--num-samples", "--datasets", "--seeds", "--data-root", "--backbone", "--pretrained", "--name",
+                 "--storage-path", "--gpus-per-trial", "--workers-per-trial", "--max-concurrent", "--epochs",
+                 "--set", "--stage", "--smoke"):
+        assert flag in result.stdout, flag
+    assert "RAY_IMPORTED=False" in result.stdout
+
+
+def test_resumed_sweep_must_keep_its_settings(tmp_path):
+    saved = tmp_path / "results" / "fixed" / "_ray" / "sweep.json"
+    saved.parent.mkdir(parents=True)
+    saved.write_text('{"seeds": [7], "config": {"epochs": 99}}')  # what an earlier run under this name recorded
+    result = run_cli(["--smoke", "--storage-path", str(tmp_path / "results"), "--name", "fixed"], tmp_path)
+    assert result.returncode == 2
+    assert "was started with different" in result.stderr and "seeds" in result.stderr
+    assert "epochs (config)" in result.stderr
+    assert "RAY_IMPORTED=False" in result.stdout
