@@ -333,6 +333,11 @@ def _run_job(experiment: Any, load_error: str | None, loop: dict, dataset: str, 
                             eval_s=result.eval_s, **common)
         except Exception as exc:  # noqa: BLE001 - a failed job is a row, never a gap
             traceback.print_exc()
+            if world > 1:
+                # The other ranks may be inside this job's collectives; going on would pair them with the
+                # next job's. Let Train restart the group (finished rows are checkpointed); if the job keeps
+                # failing, the trial driver writes its row as failed.
+                raise
             row = ResultRow(config=cfg, status="failed", error=f"{type(exc).__name__}: {_first_line(exc)}", **common)
     row.wall_s = time.perf_counter() - start
     row.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
