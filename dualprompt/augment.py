@@ -44,7 +44,8 @@ def draw_partners(labels: torch.Tensor, generator: torch.Generator) -> tuple[tor
     """
     different = labels.unsqueeze(0) != labels.unsqueeze(1)  # [B, B], True where classes differ
     has_partner = different.any(dim=1)
-    weights = torch.where(has_partner.unsqueeze(1), different, torch.eye(len(labels), dtype=torch.bool, device=labels.device))
+    itself = torch.eye(len(labels), dtype=torch.bool, device=labels.device)  # [B, B]
+    weights = torch.where(has_partner.unsqueeze(1), different, itself)
     partners = torch.multinomial(weights.float().cpu(), 1, generator=generator).squeeze(1).to(labels.device)
     return partners, has_partner
 

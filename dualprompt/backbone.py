@@ -3,22 +3,28 @@
 Text is encoded from token *embeddings* (so soft context vectors can be spliced in) and stops at the
 longest prompt's EOT token instead of running all `context_length` positions. That is exact: CLIP's
 text attention is causal, so no position before the EOT token ever attends to the padding after it.
+For the same reason prompts that share their first positions (the soft prompt's `[SOS][ctx]`) can run
+that prefix once for all of them: `encode_shared_prefix`, with the block math in `shared_prefix.py`
+(open_clip's standard text blocks; any other tower goes through open_clip's own modules).
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from . import shared_prefix
 from .config import BackboneConfig, ConfigError
+from .shared_prefix import SharedPrefixPrompts
 
 RANDOM_INIT_TAG = "random"  # pretrained tag meaning "no weights" (benchmarks, tests)
 
@@ -134,6 +140,8 @@ class Backbone:
         self.logit_scale: float = float(model.logit_scale.exp().item())
         self.context_length: int = self.text.positional_embedding.shape[0]
         self.token_dim: int = self.text.token_embedding.weight.shape[1]
+        # Decided once: whether shared_prefix.py can run this tower's blocks (else open_clip's modules do).
+        self.shares_prefix: bool = shared_prefix.supports(self.text)
 
     def _check_text_tower(self) -> None:
         text = self.text
@@ -162,8 +170,14 @@ class Backbone:
 
     # ---- tokens -------------------------------------------------------------------------------
     def word_ids(self, text: str) -> list[int]:
-        """Token ids of `text` without start/end tokens."""
-        return list(self.tokenizer.encode(text))
+        """Token ids of `text` without start/end tokens; ConfigError (one sentence) if the tokenizer refuses it
+        (the offline world's tiny CLIP knows only the world's words)."""
+        try:
+            return list(self.tokenizer.encode(text))
+        except ValueError as error:
+            reason = " ".join(str(error).split()).rstrip(".")
+            raise ConfigError(f"classes: {self.cfg.backbone} cannot encode {text!r} ({reason}); use class names its "
+                              "tokenizer knows, or a real backbone.") from None
 
     def prompt_ids(self, words: list[list[int]], n_ctx: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids `[SOS][ctx x n_ctx][words][EOT][pad...]` per prompt, and each prompt's EOT position.
@@ -217,14 +231,49 @@ class Backbone:
         cast_dtype = self.transformer.get_cast_dtype()
         x = x.to(cast_dtype) + text.positional_embedding[:length].to(cast_dtype)  # [N, length, D]
         x = self.transformer(x, attn_mask=text.attn_mask[:length, :length])
-        x = text.ln_final(x)
-        pooled = x[torch.arange(x.shape[0], device=x.device), eot]  # [N, D] at each EOT token
-        projection = text.text_projection
+        return self._project(x[torch.arange(x.shape[0], device=x.device), eot])  # [N, D] at each EOT token
+
+    def _project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Final LayerNorm (per token, so only the pooled EOT rows need it) and text projection:
+        [N, D] -> L2-normalised [N, E]."""
+        pooled = self.text.ln_final(pooled)
+        projection = self.text.text_projection
         if isinstance(projection, nn.Module):
             pooled = projection(pooled)
         elif projection is not None:
             pooled = pooled @ projection
         return F.normalize(pooled, dim=-1)
+
+    def shared_prefix_prompts(
+        self, embeddings: torch.Tensor, eot: torch.Tensor, n_prefix: int
+    ) -> SharedPrefixPrompts | None:
+        """The frozen part of prompts whose first `n_prefix` positions are the same for every prompt (their
+        embeddings are given to `encode_shared_prefix` per call): embeddings [N, L, D] (prefix slots are not
+        read), EOT positions [N]. Build once per class list. None when this tower's blocks are not ones
+        shared_prefix.py can run: then encode whole prompts with `encode_embeddings`."""
+        if not self.shares_prefix:
+            return None
+        if int(eot.min()) < n_prefix:
+            raise ValueError(f"every EOT token must come after the {n_prefix} shared positions")
+        length = int(eot.max()) + 1
+        cast_dtype = self.transformer.get_cast_dtype()
+        with torch.no_grad():
+            positions = self.text.positional_embedding[n_prefix:length].to(cast_dtype)  # [S, D]
+            suffix = embeddings[:, n_prefix:length].to(cast_dtype) + positions  # [N, S, D]
+        return shared_prefix.build_prompts(suffix, eot - n_prefix, n_prefix, self.cfg.text_chunk_size)
+
+    def encode_shared_prefix(self, prefix: torch.Tensor, prompts: SharedPrefixPrompts) -> torch.Tensor:
+        """Text features of prompts `[prefix][own positions]`: prefix [P, D] token embeddings shared by all
+        (the soft prompt's [SOS][ctx]), prompts from `shared_prefix_prompts` -> L2-normalised [N, E].
+
+        Equals `encode_embeddings` of the whole prompts (exact under the causal mask; tests/test_backbone.py)
+        with the prefix computed once. `text_chunk_size` and `checkpoint_text` act as they do there.
+        """
+        cast_dtype = self.transformer.get_cast_dtype()
+        positions = self.text.positional_embedding[: prompts.n_prefix].to(cast_dtype)  # [P, D]
+        prefix = prefix.to(cast_dtype) + positions  # [P, D]
+        hidden = shared_prefix.encode(self.transformer.resblocks, prefix, prompts, self.cfg.checkpoint_text)
+        return self._project(hidden)  # [N, D] at each EOT token -> [N, E]
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:

@@ -9,7 +9,8 @@
     and encodes them through the frozen image tower, and encodes every class prompt over the model's full
     context (77 tokens for CLIP); evaluation re-encodes all prompts for every test batch of 100 images.
 (b) Our loop (`train_prompt` on `CachedViews`): image features of every (image, view) are extracted once,
-    prompts run only up to the longest prompt's EOT token, and evaluation encodes the prompts once.
+    prompts run only up to the longest prompt's EOT token with the shared `[SOS][ctx]` prefix computed once
+    for all classes (`shared_prefix.py`), and evaluation encodes the prompts once.
 
 Both loops run the same `train_prompt` (optimiser, schedule, random streams, `method_loss`), start from the
 same context vectors, and (a) renders exactly the augmented views that (b) caches, so their losses agree
@@ -35,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,17 +275,42 @@ def text_encoder_flops(backbone: Backbone, n_prompts: int, length: int, recomput
     return forward + backward + (forward if recompute else 0.0)
 
 
-def matmul_flops_per_s(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-`repeats` FLOP/s of an n x n fp32 matmul: the machine's practical dense-compute limit."""
+def shared_prefix_flops(backbone: Backbone, n_prefix: int, lengths: Sequence[int]) -> float:
+    """Floating-point operations of one forward and backward of (b)'s text pass (`shared_prefix.py`, one
+    pass, no checkpointing) over prompts of `lengths` positions (up to and with each one's EOT token)
+    whose first `n_prefix` positions are shared.
+
+    Per layer the weight matrices run on T = n_prefix + sum(length - n_prefix) token rows (the prefix
+    once, no padding); at the last layer only the q/k/v projection runs on all T rows, and the output
+    projection and MLP on the EOT rows. Attention runs one causal sequence of max(lengths) per prompt
+    (the prefix's rows broadcast into each), counted over the full square as in `text_encoder_flops`;
+    backward as there. Equal to `FlopCounterMode` (tests/test_bench.py).
+    """
+    blocks = backbone.transformer.resblocks
+    d, layers = backbone.transformer.width, len(blocks)
+    hidden = blocks[0].mlp.c_fc.out_features
+    n_prompts, length = len(lengths), max(lengths)
+    rows = n_prefix + sum(lengths) - n_prompts * n_prefix
+    linear = 2 * ((layers - 1) * rows * (4 * d * d + 2 * d * hidden) + rows * 3 * d * d
+                  + n_prompts * (d * d + 2 * d * hidden))
+    attention = 4 * n_prompts * length * length * d * layers
+    projection = 2 * n_prompts * d * backbone.text.text_projection.shape[-1]
+    return (linear + attention + projection) + (linear + 2.5 * attention + projection)
+
+
+def matmul_flops_per_s(device: torch.device, n: int = 2048, repeats: int = 5,
+                       clock: Callable[[], float] = time.perf_counter) -> float:
+    """Best-of-`repeats` FLOP/s of an n x n fp32 matmul: the machine's practical dense-compute limit.
+    `clock=time.process_time` times it in CPU seconds (CPU only), as the loops' CPU-time rows are."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     torch.matmul(a, b)
     best = math.inf
     for _ in range(repeats):
         sync(device)
-        start = time.perf_counter()
+        start = clock()
         torch.matmul(a, b)
         sync(device)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return 2 * n**3 / best
 
 
@@ -356,13 +382,14 @@ def run_our_loop(problem: Problem, cache_dir: Path | None = None) -> dict:
         phases.end("feature")
         warm = FeatureStore(backbone, root)
         train_features = warm.features(problem.train_items, problem.train_transform, train_key, views=problem.n_views)
-        test_features = [warm.features(s.items, problem.eval_transform, eval_key, views=None) for s in problem.eval_sets]
+        test_features = [warm.features(s.items, problem.eval_transform, eval_key, views=None)
+                         for s in problem.eval_sets]
         phases.end("load")
         log = train_prompt(learner, CachedViews(train_features), problem.labels, problem.n_views,
                            problem.classnames, problem.handcrafted, problem.method, problem.optim, problem.seed)
         phases.end("train")
         acc = []
-        for eval_set, features in zip(problem.eval_sets, test_features):
+        for eval_set, features in zip(problem.eval_sets, test_features, strict=True):
             with torch.no_grad():
                 classifier = learner(eval_set.classnames)  # [C, E], once per evaluation
             acc.append(accuracy(classifier, features, eval_set.labels))
@@ -380,7 +407,7 @@ LOOPS = {"a": run_field_loop, "b": run_our_loop}
 MEMORY_CHUNK = 100  # prompts per text-encoder chunk in the chunked variants
 MEMORY_VARIANTS: dict[str, str] = {
     "field": "(a) full 77-token context, no mechanism",
-    "none": "(b) truncated, no mechanism",
+    "none": "(b) truncated, shared prefix, no mechanism",
     "chunk": f"(b) text_chunk_size={MEMORY_CHUNK} (each chunk recomputed in backward)",
     "checkpoint": "(b) checkpoint_text (each layer recomputed in backward)",
 }
@@ -397,6 +424,9 @@ def memory_step(variant: str, n_classes: int, backbone_name: str, pretrained: st
     learner = (FieldPromptLearner if variant == "field" else PromptLearner)(backbone, PromptConfig())
     names = tuple(distractor_pool(backbone)[:n_classes])
     embeddings, eot = learner._frozen_tokens(names)  # cached frozen token embeddings [C, 77, D]
+    cache_bytes = embeddings.numel() * embeddings.element_size()
+    if variant != "field" and (suffixes := learner._frozen_suffixes(names)) is not None:  # built once per class list
+        cache_bytes += sum(g.suffix.numel() * g.suffix.element_size() for g in suffixes.groups)
     length = backbone.context_length if variant == "field" else int(eot.max()) + 1
     features = F.normalize(torch.randn(batch, backbone.text.text_projection.shape[-1], device=backbone.device), dim=-1)
     labels = torch.randint(n_classes, (batch,), device=backbone.device)
@@ -408,9 +438,9 @@ def memory_step(variant: str, n_classes: int, backbone_name: str, pretrained: st
         step_s = time.perf_counter() - start
     return {"variant": variant, "classes": n_classes, "tokens": length, "step_s": step_s,
             "peak_bytes": memory.peak, "memory_how": memory.how,
-            "model_bytes": sum(t.numel() * t.element_size() for t in [*backbone.model.parameters(), *backbone.model.buffers()]),
-            "token_cache_bytes": embeddings.numel() * embeddings.element_size(),
-            "flops": text_encoder_flops(backbone, n_classes, length, recompute=variant in ("chunk", "checkpoint"))}
+            "model_bytes": sum(t.numel() * t.element_size() for t in [*backbone.model.parameters(),
+                                                                      *backbone.model.buffers()]),
+            "token_cache_bytes": cache_bytes}
 
 
 def _rss_watchdog(cap_bytes: int, payload: dict) -> None:
@@ -447,7 +477,8 @@ def _spread(values: list[float], fmt: str) -> str:
 
 def _machine() -> str:
     threads = torch.get_num_threads()
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({threads} threads)"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({threads} threads)"
 
 
 def _loadavg() -> str:
@@ -457,7 +488,7 @@ def _loadavg() -> str:
         return "n/a"
 
 
-def print_comparison(runs: dict[str, list[dict]], meta: dict, probe: float) -> None:
+def print_comparison(runs: dict[str, list[dict]], meta: dict, probe: tuple[float, float | None]) -> None:
     """The side-by-side table of (a) and (b): medians, and (min-max) over repeats."""
     a, b = runs["a"], runs["b"]
     pick = lambda rs, key: [r[key] for r in rs]  # noqa: E731
@@ -471,19 +502,21 @@ def print_comparison(runs: dict[str, list[dict]], meta: dict, probe: float) -> N
 
     speed = lambda x, y: f"x{statistics.median(x) / statistics.median(y):.1f}"  # noqa: E731
     row("train steps/s", rate(a), rate(b), ".2f", speed(rate(b), rate(a)))
+    cpu_rate = lambda rs: [r["steps"] / r["train_cpu_s"] for r in rs]  # noqa: E731
+    row("train steps per CPU second", cpu_rate(a), cpu_rate(b), ".2f", speed(cpu_rate(b), cpu_rate(a)))
     row("train time (s)", pick(a, "train_s"), pick(b, "train_s"), ".2f", speed(pick(a, "train_s"), pick(b, "train_s")))
     row("evaluation time (s)", pick(a, "eval_s"), pick(b, "eval_s"), ".3f", speed(pick(a, "eval_s"), pick(b, "eval_s")))
     row("feature extraction, once per sweep (s)", None, pick(b, "feature_s"), ".2f")
     row("feature cache read (s)", None, pick(b, "load_s"), ".3f")
-    for key, label in (("trial_warm", "time per trial, warm cache"), ("trial_cold", "time per trial, cold cache")):
-        row(f"{label} (s)", pick(a, f"{key}_s"), pick(b, f"{key}_s"), ".2f", speed(pick(a, f"{key}_s"), pick(b, f"{key}_s")))
-    for key, label in (("trial_warm", "CPU time per trial, warm cache"), ("trial_cold", "CPU time per trial, cold cache")):
-        row(f"{label} (s)", pick(a, f"{key}_cpu_s"), pick(b, f"{key}_cpu_s"), ".2f",
-            speed(pick(a, f"{key}_cpu_s"), pick(b, f"{key}_cpu_s")))
+    trials = (("trial_warm", "time per trial, warm cache"), ("trial_cold", "time per trial, cold cache"))
+    for suffix, prefix in (("_s", ""), ("_cpu_s", "CPU ")):
+        for key, label in trials:
+            av, bv = pick(a, key + suffix), pick(b, key + suffix)
+            row(f"{prefix}{label} (s)", av, bv, ".2f", speed(av, bv))
     mib = lambda rs: [r["peak_bytes"] / MIB for r in rs]  # noqa: E731
     row("peak memory above loaded model (MiB)", mib(a), mib(b), ".0f",
         f"{statistics.median(mib(b)) / max(1e-9, statistics.median(mib(a))):.2f}")
-    loss_gap = max(abs(x - y) for x, y in zip(pick(a, "final_loss"), pick(b, "final_loss")))
+    loss_gap = max(abs(x - y) for x, y in zip(pick(a, "final_loss"), pick(b, "final_loss"), strict=True))
     row("final training loss", pick(a, "final_loss"), pick(b, "final_loss"), ".5f", f"|d|={loss_gap:.1e}")
     for index, subset in enumerate(("base", "new")):
         row(f"test accuracy, {subset} classes (%)", [r["accuracy"][index] for r in a],
@@ -492,19 +525,40 @@ def print_comparison(runs: dict[str, list[dict]], meta: dict, probe: float) -> N
           f"robust to other jobs with --threads 1; memory: {a[0]['memory_how']}; "
           f"process RSS with the model loaded: {statistics.median(pick(a, 'model_rss_bytes')) / MIB:.0f} MiB)")
 
-    flops_a, flops_b = meta["flops_a"], meta["flops_b"]
-    steps_b = statistics.median(rate(b))
-    print(f"\ntext encoder, one forward+backward over {meta['classes']} classes "
+    print_text_share(meta, {"wall clock": (statistics.median(rate(b)), probe[0]),
+                            "CPU time": (statistics.median(cpu_rate(b)), probe[1])})
+
+
+def print_text_share(meta: dict, rates: dict[str, tuple[float, float | None]]) -> None:
+    """The text step's FLOPs in each loop, and (b)'s training rate as a share of the matmul probe, by
+    each clock: rates = {clock: ((b)'s train steps per second of it, the probe's FLOP per second of it)}."""
+    n, flops_a, flops_b, unshared = meta["classes"], meta["flops_a"], meta["flops_b"], meta["flops_b_unshared"]
+    prefix, length = meta["prefix_length"], meta["our_length"]
+    print(f"\ntext encoder, one forward+backward over {n} classes "
           "(2 FLOPs per frozen weight per token each way, attention 4*L*d per token forward and 2.5x that backward):")
-    print(f"  (a) {meta['classes']} x {meta['full_length']} tokens: {flops_a / 1e9:.3f} GFLOP;  "
-          f"(b) {meta['classes']} x {meta['our_length']} tokens: {flops_b / 1e9:.3f} GFLOP  (a)/(b) = {flops_a / flops_b:.1f}")
-    print(f"  matmul probe (2048x2048 fp32): {probe / 1e9:.1f} GFLOP/s")
-    print(f"  (b) reaches {steps_b * flops_b / 1e9:.2f} GFLOP/s in training = {100 * steps_b * flops_b / probe:.1f}% "
-          f"of the probe (limit {probe / flops_b:.0f} steps/s if the text pass ran at the probe's rate)")
+    print(f"  (a) {n} x {meta['full_length']} tokens: {flops_a / 1e9:.3f} GFLOP")
+    if prefix:
+        print(f"  (b) [SOS][ctx] once ({prefix} tokens) + {meta['suffix_rows']} class-name tokens ({n} x up to "
+              f"{length - prefix}, no padding), last layer's MLP on the EOT rows only: {flops_b / 1e9:.3f} GFLOP  "
+              f"(a)/(b) = {flops_a / flops_b:.1f}")
+    print(f"  (b) without the shared prefix, {n} x {length} tokens: {unshared / 1e9:.3f} GFLOP"
+          f"{'' if prefix else f'  (a)/(b) = {flops_a / flops_b:.1f}'}")
+    print("text step share of the matmul probe = (b)'s train steps/s x the text pass's FLOPs / the 2048x2048 fp32 "
+          "matmul probe's FLOP/s (the CPU-time row divides CPU seconds by CPU seconds: with --threads 1 it barely "
+          "moves when other jobs share the machine; the wall-clock row is what an idle machine shows):")
+    unshared_head = "counted in unshared FLOPs (issue 7's count)" if prefix else ""
+    print(f"  {'':11} {'probe GFLOP/s':>14} {'(b) steps/s':>12} {'executed FLOPs':>15}  {unshared_head}")
+    for clock, (steps, probe) in rates.items():
+        if probe is None:
+            continue
+        unshared_share = f"{100 * steps * unshared / probe:.1f}%" if prefix else ""
+        print(f"  {clock:11} {probe / 1e9:>14.1f} {steps:>12.1f} {100 * steps * flops_b / probe:>14.1f}%  "
+              f"{unshared_share:>20}   (limit {probe / flops_b:.0f} steps/s at the probe's rate)")
 
 
 def print_memory(results: list[dict], limit_gib: float) -> None:
-    print(f"\n{'variant':58} {'classes':>7} {'tokens':>6} {'step (s)':>9} {'peak (GiB)':>10} {'+model+tokens':>13}  fits {limit_gib:g} GiB")
+    print(f"\n{'variant':58} {'classes':>7} {'tokens':>6} {'step (s)':>9} {'peak (GiB)':>10} {'+model+tokens':>13}  "
+          f"fits {limit_gib:g} GiB")
     for r in results:
         fixed = (r.get("model_bytes", 0) + r.get("token_cache_bytes", 0)) / GIB
         label = MEMORY_VARIANTS[r["variant"]]
@@ -515,7 +569,8 @@ def print_memory(results: list[dict], limit_gib: float) -> None:
             continue
         peak = r["peak_bytes"] / GIB
         fits = "yes" if peak + fixed < limit_gib else "no"
-        print(f"{label:58} {r['classes']:>7} {r['tokens']:>6} {r['step_s']:>9.1f} {peak:>10.2f} {peak + fixed:>13.2f}  {fits}")
+        print(f"{label:58} {r['classes']:>7} {r['tokens']:>6} {r['step_s']:>9.1f} {peak:>10.2f} "
+              f"{peak + fixed:>13.2f}  {fits}")
     none = sorted((r["classes"], r["peak_bytes"]) for r in results if r["variant"] == "none" and "peak_bytes" in r)
     if len(none) >= 2:
         (c1, p1), (c2, p2) = none[0], none[-1]
@@ -523,7 +578,8 @@ def print_memory(results: list[dict], limit_gib: float) -> None:
         print(f"no mechanism, linear in classes: {slope / MIB:.1f} MiB per class -> "
               f"{(p1 + slope * (1000 - c1)) / GIB:.1f} GiB at 1000 classes (extrapolated from {c1} and {c2})")
     print("peak = activations and gradients of the step above the loaded model (CPU: peak RSS, fp32); "
-          "+model+tokens adds the fp32 weights and the cached frozen token embeddings [C, 77, D].")
+          "+model+tokens adds the fp32 weights and the cached frozen token embeddings ([C, 77, D] and the "
+          "shared-prefix suffixes [C, S, D]).")
 
 
 # ==== command line ====
@@ -599,15 +655,21 @@ def _problem(args: argparse.Namespace) -> Problem:
 
 
 def problem_meta(problem: Problem) -> dict:
-    """Sizes of the problem and the text-encoder work per step in each loop."""
-    learner = problem.learner(PromptLearner)
-    ours = prompt_length(learner, problem.classnames)
-    full = problem.backbone.context_length
-    n = len(problem.classnames)
-    return {"classes": n, "train_images": len(problem.train_items), "test_images": [len(s.items) for s in problem.eval_sets],
-            "epochs": problem.optim.epochs, "batch_size": problem.optim.batch_size, "views": problem.n_views,
-            "full_length": full, "our_length": ours,
-            "flops_a": text_encoder_flops(problem.backbone, n, full), "flops_b": text_encoder_flops(problem.backbone, n, ours)}
+    """Sizes of the problem and the text-encoder work per step in each loop: (a) full context; (b) as run
+    (the shared prefix once, when the backbone's tower allows it); (b) unshared, each prompt whole up to
+    the longest EOT (issue 7's pass, the work the "22% of the probe" was counted in)."""
+    backbone, learner = problem.backbone, problem.learner(PromptLearner)
+    ours, full = prompt_length(learner, problem.classnames), backbone.context_length
+    n, prefix = len(problem.classnames), 1 + learner.n_ctx
+    unshared = text_encoder_flops(backbone, n, ours)
+    lengths = (learner._frozen_tokens(problem.classnames)[1] + 1).tolist()
+    flops_b = shared_prefix_flops(backbone, prefix, lengths) if backbone.shares_prefix else unshared
+    return {"classes": n, "train_images": len(problem.train_items),
+            "test_images": [len(s.items) for s in problem.eval_sets], "epochs": problem.optim.epochs,
+            "batch_size": problem.optim.batch_size, "views": problem.n_views, "full_length": full,
+            "our_length": ours, "prefix_length": prefix if backbone.shares_prefix else 0,
+            "suffix_rows": sum(lengths) - n * prefix,
+            "flops_a": text_encoder_flops(backbone, n, full), "flops_b": flops_b, "flops_b_unshared": unshared}
 
 
 def _child(args: argparse.Namespace, argv: list[str]) -> int:
@@ -664,10 +726,12 @@ def main(argv: list[str] | None = None) -> int:
     meta = runs["b"][0]
     print(f"problem: {args.dataset} base classes, {meta['classes']} class prompts, {meta['train_images']} training "
           f"images x {meta['views']} views, batch {meta['batch_size']}, {runs['b'][0]['steps']} steps "
-          f"({meta['epochs']} epochs), {' + '.join(map(str, meta['test_images']))} base + new test images, method {args.method}; "
+          f"({meta['epochs']} epochs), {' + '.join(map(str, meta['test_images']))} base + new test images, "
+          f"method {args.method}; "
           f"{args.repeats} run(s) of each loop, {'in this process' if args.in_process else 'each in a fresh process'}")
-    probe = matmul_flops_per_s(torch.device(args.device), n=256 if args.smoke else 2048)
-    print_comparison(runs, meta, probe)
+    device, size = torch.device(args.device), 256 if args.smoke else 2048
+    probe_cpu = matmul_flops_per_s(device, n=size, clock=time.process_time) if device.type == "cpu" else None
+    print_comparison(runs, meta, (matmul_flops_per_s(device, n=size), probe_cpu))
     print(f"load average at end: {_loadavg()}")
     return 0
 

@@ -28,22 +28,10 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from .results import open_storage
+from .storage import StorageError, is_uri, one_line, open_storage  # noqa: F401 - re-exported for the sweep
 
 SHARED_ENV = "DUALPROMPT_STORAGE_SHARED"  # "1": a local storage folder is a mount present on every node
 MARKER_PREFIX = ".reach-"  # hidden: pyarrow and pandas skip it when a results folder is read
-
-
-class StorageError(ValueError):
-    """The storage path cannot serve this cluster; the message is one sentence with the fix."""
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()).rstrip(".")[:200] or type(error).__name__
 
 
 def probe_storage(directory: str, marker: str, expected: str) -> str | None:
@@ -123,7 +111,7 @@ def fetch_data(source: str, destination: str, threads: int = 16) -> tuple[int, i
     entries = src_fs.get_file_info(pafs.FileSelector(src_root, allow_not_found=True, recursive=True))
     files = [e for e in entries if e.type == pafs.FileType.File]
     targets = {e.path: f"{dst_root}/{e.path[len(src_root.rstrip('/')) + 1:]}" for e in files}
-    existing = dict(zip(targets.values(), dst_fs.get_file_info(list(targets.values())))) if files else {}
+    existing = dict(zip(targets.values(), dst_fs.get_file_info(list(targets.values())), strict=True)) if files else {}
     todo = [e for e in files if existing[targets[e.path]].size != e.size]
 
     def copy(entry: pafs.FileInfo) -> None:

@@ -13,13 +13,15 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import DualpromptError
+
 METHODS = ("zeroshot", "coop", "kgcoop", "dualprompt")
 AUG_VARIANTS = ("mix", "virtual")
 PRECISIONS = ("fp32", "amp")
 SAMPLING_MODES = ("stable", "coop")
 
 
-class ConfigError(ValueError):
+class ConfigError(DualpromptError):
     """A configuration value is wrong; the message names the field and how to fix it."""
 
 

@@ -1,8 +1,10 @@
-"""One job = one trained (or zero-shot) model on one dataset and seed, evaluated by the protocol.
+"""One job = one trained (or zero-shot) prompt on one dataset and few-shot sample, evaluated as its protocol says.
 
-Stage "final": train on all base classes, test on the base and the new test sets (two closed-set
-problems). Stage "search": leak-free; train on the pseudo-base part of the base classes and validate
-on pseudo-base and pseudo-new, so a hyperparameter search never sees a true new class.
+The protocol's stage (`dualprompt.protocols`) decides which classes the job trains on (base, all, or the
+pseudo-base half of them) and what it is evaluated on (each evaluation a class set and a split of the job's
+own dataset). A final job keeps its prompt (`prompt_path`) and, where the protocol has targets, evaluates
+that saved prompt, read back from the file, on each target's test images with all of the target's classes:
+the target is never trained on.
 """
 
 from __future__ import annotations
@@ -20,29 +22,38 @@ from .data.readers import load_dataset
 from .data.sampling import pseudo_split, sample_few_shot, subsample_classes
 from .data.transforms import build_transforms
 from .data.types import DatasetSplits, Item
-from .evaluate import accuracy
-from .parallel import split_rows
+from .errors import UsageError
+from .evaluate import accuracy, accuracy_se, harmonic_mean, harmonic_mean_se
 from .features import CachedViews, EncodedViews, FeatureStore, ViewSource
+from .parallel import split_rows
 from .prompt_learner import PromptLearner
 from .prompts import fill, handcrafted_templates
-from .results import harmonic_mean
+from .protocols import Evaluation, Stage, get_protocol
 from .train import TrainLog, train_prompt
-
-STAGES = ("search", "final")
 
 
 @dataclass
-class JobResult:
-    """What one job measured. Accuracies are percent; `metrics` keys follow <quantity>_<split>_<subset>."""
+class Evaluated:
+    """Accuracies (percent) by metric column, the images behind each, and the objective's standard error."""
 
-    metrics: dict[str, float]
-    n_train_classes: int
-    n_train_images: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    standard_errors: dict[str, float] = field(default_factory=dict)
+    eval_s: float = 0.0
+
+
+@dataclass
+class JobResult(Evaluated):
+    """What one job measured on its own dataset, and on each target (`targets`: dataset -> Evaluated)."""
+
+    n_train_classes: int = 0
+    n_train_images: int = 0
     steps: int = 0
     loss_terms_by_epoch: list[dict[str, float]] = field(default_factory=list)
     feature_s: float = 0.0
     train_s: float = 0.0
-    eval_s: float = 0.0
+    prompt_path: str | None = None
+    targets: dict[str, Evaluated] = field(default_factory=dict)
 
     @property
     def final_loss(self) -> float:
@@ -50,31 +61,25 @@ class JobResult:
         return self.loss_terms_by_epoch[-1]["loss"] if self.loss_terms_by_epoch else float("nan")
 
 
-@dataclass(frozen=True)
-class EvalSet:
-    metric: str
-    classnames: tuple[str, ...]
-    items: tuple[Item, ...]
-
-
-def protocol_sets(cfg: Config, stage: str) -> tuple[DatasetSplits, list[EvalSet]]:
-    """The training split and the evaluation sets of a job, from the dataset and the few-shot seed."""
+def class_sets(cfg: Config, stage: Stage, fold: int) -> dict[str, DatasetSplits]:
+    """The job's few-shot sample split into the class sets its stage names (see protocols.CLASS_SETS)."""
     data = cfg.data
     root = Path(data.data_root) if data.data_root else default_data_root()
     few_shot = sample_few_shot(load_dataset(data.dataset, root), data.shots, data.seed, mode=data.sampling)
-    base = subsample_classes(few_shot, "base")
-    if stage == "final":
-        new = subsample_classes(few_shot, "new")
-        return base, [
-            EvalSet("acc_test_base", base.classnames, base.test),
-            EvalSet("acc_test_new", new.classnames, new.test),
-        ]
-    pseudo_base, pseudo_new = pseudo_split(base)
-    # Pseudo-new classes are never trained on, so their few-shot train images validate too.
-    return pseudo_base, [
-        EvalSet("acc_val_pseudobase", pseudo_base.classnames, pseudo_base.val),
-        EvalSet("acc_val_pseudonew", pseudo_new.classnames, pseudo_new.train + pseudo_new.val),
-    ]
+    sets = {"all": few_shot}
+    needed = {stage.pool, stage.train_classes, *(e.classes for e in stage.evaluations)}
+    for subset in ("base", "new"):
+        if subset in needed:
+            sets[subset] = subsample_classes(few_shot, subset)
+    if {"pseudobase", "pseudonew"} & needed:
+        sets["pseudobase"], sets["pseudonew"] = pseudo_split(sets[stage.pool], fold)
+    return sets
+
+
+def evaluation_items(classes: DatasetSplits, split: str) -> tuple[Item, ...]:
+    """The images an evaluation uses. "heldout": held-out classes were never trained on, so their few-shot
+    train images validate too."""
+    return {"test": classes.test, "val": classes.val, "heldout": classes.train + classes.val}[split]
 
 
 class Experiment:
@@ -94,52 +99,89 @@ class Experiment:
 
         return split_rows(block, len(classnames))  # data-parallel ranks each encode a block of classes
 
-    def run(self, cfg: Config, stage: str) -> JobResult:
-        """Train (unless zero-shot) and evaluate one job; see the module docstring for the stages."""
-        if stage not in STAGES:
-            raise ValueError(f"stage {stage!r} is not one of {', '.join(STAGES)}.")
-        spec = get_spec(cfg.data.dataset)
-        cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
-        store = FeatureStore(self.backbone, cache_dir, enabled=cfg.data.use_feature_cache)
-        train_split, eval_sets = protocol_sets(cfg, stage)
+    def run(self, cfg: Config, stage: str = "final", protocol: str = "base2new", fold: int = 0,
+            targets: tuple[str, ...] = (), prompt_path: str | None = None) -> JobResult:
+        """Train (unless zero-shot) and evaluate one job; save its prompt to `prompt_path` if the stage keeps
+        prompts, and evaluate the saved prompt on `targets`."""
+        spec = get_protocol(protocol).stage(stage)
+        if targets and not spec.evaluates_targets:
+            raise UsageError(f"targets: the {stage} stage of {protocol} evaluates no target datasets; use the "
+                             "cross_dataset or domain_generalization protocol's final stage.")
+        store = FeatureStore(self.backbone, Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+                             enabled=cfg.data.use_feature_cache)
+        start = time.perf_counter()  # data: reading (or generating) the dataset and the few-shot sample
+        sets = class_sets(cfg, spec, fold)
+        train_split = sets[spec.train_classes]
         size, mean, std = self.backbone.image_size, self.backbone.image_mean, self.backbone.image_std
         train_tf, eval_tf = build_transforms(size, mean, std, crop_scale=(cfg.data.crop_scale_min, 1.0))
-        template = cfg.prompt.template or spec.template
-        handcrafted = lambda names: self.handcrafted(names, template, cfg.prompt.template_ensemble)  # noqa: E731
-
-        start = time.perf_counter()
+        template = cfg.prompt.template or get_spec(cfg.data.dataset).template
         learner, log = None, TrainLog()
         if cfg.method.method != "zeroshot":
             learner = PromptLearner(self.backbone, cfg.prompt, torch.Generator().manual_seed(cfg.data.seed))
             views = self._train_views(store, train_split.train, train_tf, cfg)
             feature_s = time.perf_counter() - start
             labels = torch.tensor([item.label for item in train_split.train])
-            log = train_prompt(learner, views, labels, cfg.data.n_views, train_split.classnames,
-                               handcrafted(train_split.classnames), cfg.method, cfg.optim, cfg.data.seed)
+            handcrafted = self.handcrafted(train_split.classnames, template, cfg.prompt.template_ensemble)
+            log = train_prompt(learner, views, labels, cfg.data.n_views, train_split.classnames, handcrafted,
+                               cfg.method, cfg.optim, cfg.data.seed)
         else:
             feature_s = time.perf_counter() - start
 
-        start = time.perf_counter()
-        metrics = {}
-        for eval_set in eval_sets:
-            image_features = store.features(eval_set.items, eval_tf, f"eval-{size}", views=None)  # [N, E]
-            names = eval_set.classnames
+        def classifier(names: tuple[str, ...], dataset_template: str) -> torch.Tensor:
             with torch.no_grad():
-                classifier = split_rows(lambda a, b: learner(names[a:b]), len(names)) if learner else handcrafted(names)
-            labels = torch.tensor([item.label for item in eval_set.items])
-            metrics[eval_set.metric] = accuracy(classifier, image_features, labels)
-        first, second = (metrics[s.metric] for s in eval_sets)
-        metrics["hm_test" if stage == "final" else "hm_val"] = harmonic_mean(first, second)
-        return JobResult(
-            metrics=metrics,
-            n_train_classes=len(train_split.classnames),
-            n_train_images=len(train_split.train),
-            steps=log.steps,
-            loss_terms_by_epoch=log.epoch_terms,
-            feature_s=feature_s,
-            train_s=log.train_s,
-            eval_s=time.perf_counter() - start,
-        )
+                if learner is not None:
+                    return split_rows(lambda a, b: learner(names[a:b]), len(names))
+                return self.handcrafted(names, cfg.prompt.template or dataset_template, cfg.prompt.template_ensemble)
+
+        result = JobResult(n_train_classes=len(train_split.classnames), n_train_images=len(train_split.train),
+                           steps=log.steps, loss_terms_by_epoch=log.epoch_terms, feature_s=feature_s,
+                           train_s=log.train_s)
+        own = self._evaluate(store, eval_tf, spec, {e: sets[e.classes] for e in spec.evaluations},
+                             lambda names: classifier(names, template))
+        result.metrics, result.counts, result.standard_errors, result.eval_s = (
+            own.metrics, own.counts, own.standard_errors, own.eval_s)
+        if learner is not None and spec.saves_prompt and prompt_path:
+            from .saved_prompt import load_prompt, save_prompt
+
+            trained_on = {"protocol": protocol, "stage": stage, "dataset": cfg.data.dataset, "seed": cfg.data.seed,
+                          "shots": cfg.data.shots, "classnames": list(train_split.classnames)}
+            result.prompt_path = save_prompt(learner, cfg, prompt_path, trained_on, result.metrics)
+            learner = load_prompt(prompt_path, backbone=self.backbone).learner  # targets see the saved file
+        for target in targets:
+            result.targets[target] = self._evaluate_target(store, eval_tf, cfg, spec, target, classifier)
+        return result
+
+    def _evaluate_target(self, store: FeatureStore, eval_tf, cfg: Config, stage: Stage, target: str,
+                         classifier) -> Evaluated:
+        """The stage's "all classes, test" evaluation on a target dataset, whose classes are all unseen."""
+        root = Path(cfg.data.data_root) if cfg.data.data_root else default_data_root()
+        target_splits = load_dataset(target, root)
+        template = get_spec(target).template
+        evaluations = {e: target_splits for e in stage.evaluations if e.classes == "all" and e.split == "test"}
+        return self._evaluate(store, eval_tf, stage, evaluations, lambda names: classifier(names, template))
+
+    def _evaluate(self, store: FeatureStore, eval_tf, stage: Stage, evaluations: dict[Evaluation, DatasetSplits],
+                  classify) -> Evaluated:
+        """Accuracy of each evaluation (class features computed once per class set), counts and objective SE."""
+        start = time.perf_counter()
+        out = Evaluated()
+        for evaluation, classes in evaluations.items():
+            items = evaluation_items(classes, evaluation.split)
+            image_features = store.features(items, eval_tf, f"eval-{self.backbone.image_size}", views=None)
+            labels = torch.tensor([item.label for item in items])
+            out.metrics[evaluation.metric] = accuracy(classify(classes.classnames), image_features, labels)
+            out.counts[evaluation.count_column] = len(items)
+        if stage.hm_of and all(m in out.metrics for m in stage.hm_of):
+            (a, b), (ea, eb) = stage.hm_of, stage.evaluations[:2]
+            out.metrics[stage.objective] = harmonic_mean(out.metrics[a], out.metrics[b])
+            out.standard_errors[f"{stage.objective}_se"] = harmonic_mean_se(
+                out.metrics[a], out.counts[ea.count_column], out.metrics[b], out.counts[eb.count_column])
+        elif stage.objective in out.metrics:
+            evaluation = next(e for e in stage.evaluations if e.metric == stage.objective)
+            out.standard_errors[f"{stage.objective}_se"] = accuracy_se(out.metrics[stage.objective],
+                                                                        out.counts[evaluation.count_column])
+        out.eval_s = time.perf_counter() - start
+        return out
 
     def _train_views(self, store: FeatureStore, items: tuple[Item, ...], transform, cfg: Config) -> ViewSource:
         if cfg.data.use_feature_cache:

@@ -14,7 +14,7 @@ encode every class.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -49,12 +49,12 @@ def split_rows(compute: Callable[[int, int], torch.Tensor], n_rows: int) -> torc
     start, stop = bounds[rank], bounds[rank + 1]
     # A rank without rows (n_rows < n_ranks) computes one row and keeps none: it only needs the shape.
     local = (compute(start, stop) if stop > start else compute(0, 1)[:0]).float()  # [stop - start, E]
-    largest = max(b - a for a, b in zip(bounds, bounds[1:]))
+    largest = max(b - a for a, b in zip(bounds, bounds[1:], strict=False))
     padded = local.new_zeros(largest, local.shape[1])  # all_gather needs equal shapes on every rank
     padded[: stop - start] = local.detach()
     blocks = [torch.empty_like(padded) for _ in range(n_ranks)]
     dist.all_gather(blocks, padded)
-    blocks = [block[: b - a] for block, a, b in zip(blocks, bounds, bounds[1:])]
+    blocks = [block[: b - a] for block, a, b in zip(blocks, bounds, bounds[1:], strict=False)]
     blocks[rank] = local
     return torch.cat(blocks)  # [n_rows, E]
 

@@ -7,6 +7,7 @@ from torch import nn
 
 from .backbone import Backbone
 from .config import PromptConfig
+from .shared_prefix import SharedPrefixPrompts
 
 
 class PromptLearner(nn.Module):
@@ -23,6 +24,7 @@ class PromptLearner(nn.Module):
         self.n_ctx = cfg.n_ctx
         self.ctx = nn.Parameter(self._initial_context(cfg, generator))  # [M, token_dim]
         self._class_tokens: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._class_suffixes: dict[tuple[str, ...], SharedPrefixPrompts | None] = {}
         backbone.prompt_ids([[0]], n_ctx=self.n_ctx)  # fail now if even a one-word prompt cannot fit
 
     def _initial_context(self, cfg: PromptConfig, generator: torch.Generator | None) -> torch.Tensor:
@@ -46,9 +48,23 @@ class PromptLearner(nn.Module):
                 self._class_tokens[classnames] = (self.backbone.embed_tokens(ids), eot)
         return self._class_tokens[classnames]
 
+    def _frozen_suffixes(self, classnames: tuple[str, ...]) -> SharedPrefixPrompts | None:
+        """What follows `[SOS][ctx]` in every prompt, ready for `Backbone.encode_shared_prefix`; cached.
+        None when the backbone's text tower cannot share the prefix."""
+        if classnames not in self._class_suffixes:
+            embeddings, eot = self._frozen_tokens(classnames)
+            self._class_suffixes[classnames] = self.backbone.shared_prefix_prompts(embeddings, eot, 1 + self.n_ctx)
+        return self._class_suffixes[classnames]
+
     def forward(self, classnames: tuple[str, ...] | list[str]) -> torch.Tensor:
         """Soft-prompt text features for these classes: L2-normalised [C, E]."""
-        embeddings, eot = self._frozen_tokens(tuple(classnames))  # [C, L, D], [C]
+        classnames = tuple(classnames)
+        embeddings, eot = self._frozen_tokens(classnames)  # [C, L, D], [C]
+        suffixes = self._frozen_suffixes(classnames)
+        if suffixes is not None:
+            # [SOS][ctx] is the same in every prompt: under the causal mask it runs once for all classes.
+            prefix = torch.cat([embeddings[0, :1], self.ctx.to(embeddings.dtype)])  # [1 + M, D]
+            return self.backbone.encode_shared_prefix(prefix, suffixes)
         n_cls = embeddings.shape[0]
         ctx = self.ctx.to(embeddings.dtype).unsqueeze(0).expand(n_cls, -1, -1)  # [C, M, D]
         prompts = torch.cat([embeddings[:, :1], ctx, embeddings[:, 1 + self.n_ctx :]], dim=1)  # [C, L, D]

@@ -3,17 +3,18 @@
 Three layers, as Ray's Train-in-Tune guide lays them out (Train V2, Ray 2.60):
 
 1. `run_sweep` (the script's process) starts or joins Ray and runs one Tune experiment per stage:
-   "search" (OptunaSearch, TPE) and "final" (a grid over the best configuration and the baselines).
-2. `train_driver` (one Tune trial = one configuration) builds and fits a `TorchTrainer`, writes the
-   trial's rows as one Parquet file and reports the trial's objective to Tune.
-3. `train_loop_per_worker` (each Ray Train worker) loads the backbone once and runs the trial's
-   (dataset, seed) jobs in turn, all workers together on each job (data-parallel, `dualprompt.parallel`),
-   reporting after each job with a checkpoint that holds the finished rows, so a restarted worker
-   group skips them.
+   "search" (OptunaSearch, TPE) and "final" (a grid over `sweep_cli.final_variants`).
+2. `train_driver` (one Tune trial = one configuration) runs the trial's jobs and writes its rows as one
+   Parquet file, then reports the trial's objective to Tune. A single-worker CPU trial runs the jobs in its
+   own process ("local mode": no Train controller or worker process to start, the backbone loaded once per
+   reused trial process); multi-worker or GPU trials build a Ray Train `TorchTrainer` worker group.
+3. `run_jobs` (the trial process, or each Train worker) runs the trial's jobs in turn, reporting after each
+   with a checkpoint that holds the finished rows, so a restarted trial (Tune's retry) or worker group
+   (Train's) skips them; with N Train workers every job runs data-parallel (`dualprompt.parallel`).
 
-Storage under `<storage>/<name>/`: the Parquet rows (`search-<trial>.parquet`, `final-<trial>.parquet`)
-and, in `_ray/`, Tune's experiment state and Train's checkpoints (pandas and pyarrow skip `_` folders).
-Ray touch points are marked "# Ray:".
+Storage under `<storage>/<name>/`: the Parquet rows (`search-<trial>.parquet`, `final-<trial>.parquet`), the
+trained prompts (`_prompts/`), and in `_ray/` Tune's experiment state and Train's checkpoints (pandas and
+pyarrow skip `_` folders). Ray touch points are marked "# Ray:".
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
+import sys
 import tempfile
 import time
-import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 import pyarrow.parquet as pq
@@ -39,49 +40,63 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search.optuna import OptunaSearch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .cluster import (MARKER_PREFIX, SHARED_ENV, StorageError, node_label, one_line, probe_storage,
-                      storage_verdict)
-from .config import Config
-from .results import (ResultRow, ResultsError, best_search_trials, final_table, format_final_table,
-                      list_result_files, open_storage, read_results, rows_to_table, write_rows)
+from .cluster import MARKER_PREFIX, SHARED_ENV, node_label, probe_storage, storage_verdict
+from .protocols import Scope, get_protocol
+from .results import list_result_files, read_results, rows_to_table, write_rows
+from .storage import StorageError, join, one_line, open_storage
+from .trial import (
+    cached_backbone,
+    complete_rows,
+    first_line,
+    job_config,
+    maybe_inject_fault,
+    process_age_s,
+    progress,
+    row_job_key,
+    run_job,
+)
 
-FAULT_ENV = "DUALPROMPT_FAULT_ONCE"  # path of a marker file: the first worker to create it crashes once
-OBJECTIVE = {"search": "hm_val", "final": "hm_test"}
 CHECKPOINT_STATE = "state.json"
 CHECKPOINT_ROWS = "rows.parquet"
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """Everything a sweep needs, already validated by the caller (`sweeps/base2new.py`)."""
+    """Everything a sweep needs, already validated by `dualprompt.sweep_cli`."""
 
     name: str
     storage: str  # local folder or URI; rows go to <storage>/<name>/
+    protocol: str
     stages: tuple[str, ...]  # ("search",), ("final",) or ("search", "final")
     base_config: dict[str, Any]  # flat Config overrides shared by every job
-    datasets: tuple[str, ...]
-    seeds: tuple[int, ...]  # final stage
-    search_seeds: tuple[int, ...]
+    scope: Scope
     num_samples: int
     space: Callable[[optuna.Trial], None]  # define-by-run; only trial.suggest_* calls
     defaults: dict[str, Any]  # evaluated first; its keys are the searched parameters
     baselines: tuple[str, ...] = ("zeroshot", "coop", "kgcoop")
+    validate_top: int = 0
+    ablations: bool = False
     sampler_seed: int = 0
     gpus_per_trial: float = 0.0
     workers_per_trial: int = 1
     cpus_per_worker: float = 1.0
     max_concurrent: int = 1
     address: str = "local"  # "local" starts a private Ray; anything else is passed to ray.init
-    max_failures: int = 2  # Train worker-group restarts per trial
+    max_failures: int = 2  # restarts of a trial's job loop from its checkpoint
     verbose: int = 1
 
     @property
     def rows_dir(self) -> str:
-        return f"{self.storage.rstrip('/')}/{self.name}"
+        return join(self.storage, self.name)
 
     @property
     def ray_dir(self) -> str:
-        return f"{self.rows_dir}/_ray"
+        return join(self.rows_dir, "_ray")
+
+    @property
+    def local_mode(self) -> bool:
+        """Jobs run in the trial's own process: one worker and no GPU (the cluster path keeps Train)."""
+        return self.workers_per_trial == 1 and self.gpus_per_trial == 0
 
 
 def run_sweep(spec: SweepSpec) -> int:
@@ -91,19 +106,52 @@ def run_sweep(spec: SweepSpec) -> int:
         code = _run_stage(spec, stage)
         if code:
             return code
-    rows = read_results(spec.rows_dir, strict=False)  # tolerate a Config change during the sweep
+    rows = read_results(spec.rows_dir)
     if "final" in spec.stages:
-        print("\nFinal base-to-new table (test accuracy %, seeds averaged; average = HM of mean base and new):")
-        print(format_final_table(final_table(rows)))
-    print(f"\n{_startup_share(rows)}")
-    print(f"Rows: {len(rows)} in {spec.rows_dir} (pandas.read_parquet or dualprompt.results.read_results).")
+        from .report import console_table
+
+        print(f"\n{console_table(rows)}")
+    from .report import time_split_line
+
+    print(f"\n{time_split_line(rows)}")
+    print(f"Rows: {len(rows)} in {spec.rows_dir} (pandas.read_parquet or dualprompt.results.load_results); "
+          f"report: python -m dualprompt.report {spec.rows_dir}")
     return 0
+
+
+class QuietRayStream:
+    """A terminal stream that drops Ray-internal lines a user cannot act on and passes everything else.
+
+    Ray prints its processes' log lines on the driver with `print(line, file=sys.stderr)`; Train's controller
+    logs, at error level, that its preemption watcher "has constructor arguments in the object store" for
+    every trial (ray-project/ray#53727). Real errors, tracebacks and progress still reach the terminal.
+    """
+
+    NOISE = ("has constructor arguments in the object store",)
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._dropped_line = False
+
+    def write(self, text: str) -> int:
+        if any(noise in text for noise in self.NOISE):
+            self._dropped_line = True  # print() writes the line, then its newline separately
+            return len(text)
+        if self._dropped_line and text == "\n":
+            self._dropped_line = False
+            return len(text)
+        self._dropped_line = False
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def init_ray(spec: SweepSpec) -> None:
     """Join the cluster at `spec.address`, or start a private local Ray sized for `spec`."""
     if ray.is_initialized():
         return
+    sys.stdout, sys.stderr = QuietRayStream(sys.stdout), QuietRayStream(sys.stderr)
     if spec.address != "local":
         ray.init(address=spec.address)  # Ray: join a running cluster (token picked up if it has one)
         return
@@ -113,29 +161,30 @@ def init_ray(spec: SweepSpec) -> None:
              object_store_memory=512 * 1024**2, include_dashboard=True, dashboard_host="127.0.0.1")
 
 
-def _jobs(spec: SweepSpec, stage: str) -> list[list[Any]]:
-    seeds = spec.search_seeds if stage == "search" else spec.seeds
-    return [[dataset, seed] for dataset in spec.datasets for seed in seeds]
-
-
 def _run_stage(spec: SweepSpec, stage: str) -> int:
-    expected = spec.num_samples if stage == "search" else 1 + len(spec.baselines)
+    variants = _final_variants(spec) if stage == "final" else None
+    expected = spec.num_samples if stage == "search" else len(variants)
     if len(_stage_files(spec, stage)) >= expected:
         print(f"[{stage}] already complete: {expected} trials in {spec.rows_dir}")
         return 0
-    run = {"stage": stage, "sweep": spec.name, "jobs": _jobs(spec, stage), "base_config": spec.base_config,
-           "rows_dir": spec.rows_dir, "ray_dir": spec.ray_dir, "gpus": spec.gpus_per_trial,
-           "workers": spec.workers_per_trial, "cpus": spec.cpus_per_worker, "max_failures": spec.max_failures}
-    driver_resources = {"TRAIN_DRIVER": 1} if ray.cluster_resources().get("TRAIN_DRIVER") else {"CPU": 0.25}
-    # Ray: the trainable is a function that drives Train; the run description rides along by reference.
+    protocol = get_protocol(spec.protocol)
+    run = {"stage": stage, "sweep": spec.name, "protocol": spec.protocol, "jobs": protocol.jobs(stage, spec.scope),
+           "base_config": spec.base_config, "rows_dir": spec.rows_dir, "ray_dir": spec.ray_dir,
+           "gpus": spec.gpus_per_trial, "workers": spec.workers_per_trial, "cpus": spec.cpus_per_worker,
+           "max_failures": spec.max_failures, "local": spec.local_mode}
+    if spec.local_mode:  # Ray: the trial process itself trains, so it holds the CPUs
+        driver_resources = {"CPU": spec.cpus_per_worker}
+    else:
+        driver_resources = {"TRAIN_DRIVER": 1} if ray.cluster_resources().get("TRAIN_DRIVER") else {"CPU": 0.25}
+    # Ray: the trainable is a function; the run description rides along by reference.
     trainable = ray.tune.with_resources(ray.tune.with_parameters(train_driver, run=run), driver_resources)
-    experiment = f"{spec.ray_dir}/{stage}"
+    experiment = join(spec.ray_dir, stage)
     if ray.tune.Tuner.can_restore(experiment):
         print(f"[{stage}] resuming {experiment}")
         tuner = ray.tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
     else:
-        tuner = _new_tuner(spec, stage, trainable)
+        tuner = _new_tuner(spec, stage, trainable, variants)
     grid = tuner.fit()
     done = len(_stage_files(spec, stage))
     if done < expected:
@@ -146,7 +195,15 @@ def _run_stage(spec: SweepSpec, stage: str) -> int:
     return 0
 
 
-def _new_tuner(spec: SweepSpec, stage: str, trainable: Any) -> ray.tune.Tuner:
+def _final_variants(spec: SweepSpec) -> list[dict[str, Any]]:
+    from .sweep_cli import final_variants
+
+    rows = read_results(spec.rows_dir)
+    return final_variants(rows, list(spec.defaults), spec.defaults, spec.baselines, spec.validate_top,
+                          spec.ablations)
+
+
+def _new_tuner(spec: SweepSpec, stage: str, trainable: Any, variants: list[dict] | None) -> ray.tune.Tuner:
     if stage == "search":
         sampler = optuna.samplers.TPESampler(seed=spec.sampler_seed, multivariate=True,
                                              n_startup_trials=max(2, min(10, spec.num_samples // 4)))
@@ -155,33 +212,24 @@ def _new_tuner(spec: SweepSpec, stage: str, trainable: Any) -> ray.tune.Tuner:
                                 points_to_evaluate=[dict(spec.defaults)], sampler=sampler)
         param_space, num_samples = {}, spec.num_samples
     else:
-        best = best_search_params(read_results(spec.rows_dir, strict=False), list(spec.defaults))
-        variants = [{"method": "dualprompt", **best}] + [{"method": m} for m in spec.baselines]
-        print(f"[final] best searched configuration: {best}")
+        print(f"[final] variants: {', '.join(v['variant'] for v in variants)}; best searched configuration: "
+              f"{ {k: v for k, v in variants[0]['overrides'].items() if k != 'method'} }")
         searcher, param_space, num_samples = None, {"variant": ray.tune.grid_search(variants)}, 1
     return ray.tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=ray.tune.TuneConfig(search_alg=searcher, metric="objective", mode="max",
-                                        num_samples=num_samples, max_concurrent_trials=spec.max_concurrent),
+                                        num_samples=num_samples, max_concurrent_trials=spec.max_concurrent,
+                                        reuse_actors=spec.local_mode),  # Ray: one process, many trials
         run_config=ray.tune.RunConfig(name=stage, storage_path=spec.ray_dir, verbose=spec.verbose,
-                                      failure_config=ray.tune.FailureConfig(max_failures=1),
+                                      failure_config=ray.tune.FailureConfig(
+                                          max_failures=spec.max_failures if spec.local_mode else 1),
                                       callbacks=[TrialLine(stage)]),
     )
 
 
 def _stage_files(spec: SweepSpec, stage: str) -> list[str]:
     return [p for p in list_result_files(spec.rows_dir) if os.path.basename(p).startswith(f"{stage}-")]
-
-
-def best_search_params(rows: Any, names: list[str]) -> dict[str, Any]:
-    """The searched parameters of the best complete search trial (`results.best_search_trials`)."""
-    best = best_search_trials(rows, k=1)
-    if best.empty:
-        raise ResultsError("No search trial finished all its jobs; fix the failures shown in the search rows "
-                           "(column 'error') and rerun.")
-    row = rows[rows["trial_id"] == best["trial_id"].iloc[0]].iloc[0]
-    return {name: row[name].item() if hasattr(row[name], "item") else row[name] for name in names}
 
 
 class TrialLine(ray.tune.Callback):
@@ -193,205 +241,169 @@ class TrialLine(ray.tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
         params = trial.config.get("variant", trial.config)
+        if "overrides" in params:
+            params = {"variant": params["variant"], **params["overrides"]}
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
         print(f"[{self.stage}] trial {trial.trial_id} finished: objective {result.get('objective', float('nan')):.2f}"
               f" ({result.get('jobs_ok', '?')}/{result.get('jobs', '?')} jobs ok) {shown}", flush=True)
 
 
 def train_driver(params: dict[str, Any], run: dict[str, Any]) -> None:
-    """One Tune trial: fit a TorchTrainer over the trial's jobs, write its rows, report its objective."""
+    """One Tune trial: run the trial's jobs (in this process, or on a Train worker group), write its rows,
+    report its objective."""
+    global _TRIALS_IN_PROCESS
     started = time.time()
-    trial_id = ray.tune.get_context().get_trial_id()  # Ray: stable across restores
-    overrides = {**run["base_config"], **params.get("variant", params)}
-    run_name = f"{run['stage']}/train/{trial_id}"  # stable name: a rerun resumes the Train run
-    loop_config = {"overrides": overrides, "jobs": run["jobs"], "stage": run["stage"], "sweep": run["sweep"],
-                   "trial_id": trial_id, "started_at": started, "cpus": run["cpus"]}
-    use_gpu = run["gpus"] > 0
-    per_worker = {"CPU": run["cpus"], **({"GPU": run["gpus"] / run["workers"]} if use_gpu else {})}
+    if _TRIALS_IN_PROCESS == 0:  # a fresh trial process: its start and imports are this trial's Ray start-up
+        started -= process_age_s()
+    _TRIALS_IN_PROCESS += 1
+    trial_id = ray.tune.get_context().get_trial_id()  # Ray: stable across restores and retries
+    variant = params.get("variant", {"variant": "search", "search_trial_id": None, "overrides": params})
+    loop = {**run, "overrides": {**run["base_config"], **variant["overrides"]}, "variant": variant["variant"],
+            "search_trial_id": variant["search_trial_id"], "trial_id": trial_id, "started_at": started}
+    if run["local"]:
+        rows, error = run_jobs(loop, TuneSession()), "the trial process ended without a row for this job"
+    else:
+        rows, error = _fit_train_workers(loop)
+    rows = complete_rows(rows, loop, error)
+    trial_wall_s = time.time() - started
+    for row in rows:
+        row["trial_wall_s"] = trial_wall_s
+    write_rows(rows, run["rows_dir"], f"{run['stage']}-{trial_id}.parquet")
+    ray.tune.report(progress(rows, loop))  # Ray: the trial's objective, to the searcher
+
+
+def _fit_train_workers(loop: dict[str, Any]) -> tuple[list[dict], str]:
+    """Run the jobs on a Ray Train worker group; (rows of the latest checkpoint, error if fit failed)."""
+    use_gpu = loop["gpus"] > 0
+    per_worker = {"CPU": loop["cpus"], **({"GPU": loop["gpus"] / loop["workers"]} if use_gpu else {})}
+    run_name = f"{loop['stage']}/train/{loop['trial_id']}"  # stable name: a rerun resumes the Train run
     trainer = ray.train.torch.TorchTrainer(  # Ray: Train V2 inside a Tune function trainable
         train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=run["workers"], use_gpu=use_gpu,
+        train_loop_config=loop,
+        scaling_config=ray.train.ScalingConfig(num_workers=loop["workers"], use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=run["ray_dir"],
-            failure_config=ray.train.FailureConfig(max_failures=run["max_failures"]),
+            name=run_name, storage_path=loop["ray_dir"],
+            failure_config=ray.train.FailureConfig(max_failures=loop["max_failures"]),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],  # Ray: worker reports become Tune progress
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    error = "the worker group ended without a row for this job"
     try:
         checkpoint = trainer.fit().checkpoint  # Ray: the latest checkpoint holds every finished row
+        error = "the worker group ended without a row for this job"
     except Exception as exc:  # noqa: BLE001 - the trial still ends with a row per job
-        error = f"{type(exc).__name__}: {_first_line(exc)}"
-        checkpoint = _last_checkpoint(f"{run['ray_dir']}/{run_name}")
-    rows = _complete_rows(_load_checkpoint(checkpoint)[0], run, trial_id, overrides, error)
-    trial_wall_s = time.time() - started
-    for row in rows:
-        row["trial_wall_s"] = trial_wall_s
-    write_rows(rows, run["rows_dir"], f"{run['stage']}-{trial_id}.parquet")
-    ok = [r for r in rows if r["status"] == "ok"]
-    # A failed job counts as 0: a configuration that crashes is worse than one that works.
-    objective = sum(r[OBJECTIVE[run["stage"]]] or 0.0 for r in ok) / len(rows)
-    ray.tune.report({"objective": objective, "jobs": len(rows), "jobs_ok": len(ok)})  # Ray: to the searcher
-
-
-def _last_checkpoint(run_path: str) -> Any:
-    """The latest checkpoint a Train run registered, or None (used when `fit` itself failed)."""
-    try:
-        return ray.train.Result.from_path(run_path).checkpoint
-    except Exception:  # noqa: BLE001 - no run folder or no snapshot: nothing was checkpointed
-        return None
-
-
-def _complete_rows(rows: list[dict], run: dict, trial_id: str, overrides: dict, error: str) -> list[dict]:
-    """`rows` plus a failed row for every job of the trial that has none, in job order."""
-    by_key = {(r["dataset"], r["seed"]): r for r in rows}
-    out = []
-    for dataset, seed in run["jobs"]:
-        if (dataset, seed) not in by_key:
-            cfg = _job_config(overrides, dataset, seed)
-            by_key[(dataset, seed)] = ResultRow(run["sweep"], run["stage"], trial_id, cfg, status="failed",
-                                                error=error).to_dict()
-        out.append(by_key[(dataset, seed)])
-    return out
-
-
-def _job_config(overrides: dict, dataset: str, seed: int) -> Config:
-    return Config.from_flat({**overrides, "dataset": dataset, "seed": seed})
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return (lines[0] if lines else repr(exc))[:300]
+        error = f"{type(exc).__name__}: {first_line(exc)}"
+        try:
+            checkpoint = ray.train.Result.from_path(join(loop["ray_dir"], run_name)).checkpoint
+        except Exception:  # noqa: BLE001 - no run folder or no snapshot: nothing was checkpointed
+            checkpoint = None
+    return _load_checkpoint(checkpoint)[0], error
 
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
-    """A Train worker: load the backbone once, run the trial's remaining jobs one after another, report after each.
+    """A Ray Train worker: the job loop, with Train's context, checkpoints and reports."""
+    run_jobs(loop, TrainSession())
 
-    With N workers every job runs data-parallel on all of them (`dualprompt.parallel`: each worker encodes
-    a block of the classes over the process group Train set up, and the context gradient is summed), so
-    every worker computes the same row; rank 0 keeps it. Each report carries a checkpoint with rank 0's
-    finished rows, so a restarted worker group skips them.
+
+class TrainSession:
+    """The job loop's view of Ray Train (a worker of a TorchTrainer group)."""
+
+    def __init__(self) -> None:
+        context = ray.train.get_context()  # Ray: rank and world size
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+
+    def checkpoint(self) -> Any:
+        return ray.train.get_checkpoint()  # Ray: resume state
+
+    def device(self) -> Any:
+        return ray.train.torch.get_device()
+
+    def report(self, metrics: dict, directory: str | None, name: str) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(directory) if directory else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name if directory else None)
+
+
+class TuneSession:
+    """The job loop's view of a Tune function trial running jobs in its own process (local mode)."""
+
+    rank, world = 0, 1
+
+    def checkpoint(self) -> Any:
+        return ray.tune.get_checkpoint()  # Ray: the last checkpoint of this trial, after a retry
+
+    def device(self) -> Any:
+        import torch
+
+        return torch.device("cpu")
+
+    def report(self, metrics: dict, directory: str | None, name: str) -> None:
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(directory) if directory else None)
+
+
+_TRIALS_IN_PROCESS = 0  # trials this process has run (a reused Tune process runs many)
+
+
+def run_jobs(loop: dict[str, Any], session: TrainSession | TuneSession) -> list[dict]:
+    """Run the trial's unfinished jobs one after another, reporting (with the finished rows) after each.
+
+    With N Train workers every job runs data-parallel on all of them (`dualprompt.parallel`: each worker
+    encodes a block of the classes over the process group Train set up, and the context gradient is summed),
+    so every worker computes the same rows; rank 0 keeps them.
     """
     entered = time.time()
     import torch
 
-    for name in ("", "ray.train"):  # open_clip's INFO lines and Train's per-report line, in every worker
+    for name in ("", "ray.train"):  # open_clip's INFO lines and Train's per-report line
         logging.getLogger(name).setLevel(logging.WARNING)
-    context = ray.train.get_context()  # Ray: rank and world size
-    rank, world = context.get_world_rank(), context.get_world_size()
-    rows, starts = _load_checkpoint(ray.train.get_checkpoint())  # Ray: resume state
+    rows, starts, elapsed = _load_checkpoint(session.checkpoint())
     restarts, starts = starts, starts + 1  # restarts = earlier starts that reached a checkpoint
+    loop["started_at"] -= elapsed  # a resumed trial's wall time includes its earlier attempts
     torch.set_num_threads(max(1, int(loop["cpus"])))
-    device = ray.train.torch.get_device()
-    timing = {"ray_startup_s": entered - loop["started_at"]}
+    device = session.device()
+    # Ray start-up: from the trial's start (its process's, if fresh) to this line: process start, imports,
+    # and on the Train path the controller and worker group.
+    timing = {"ray_startup_s": max(0.0, entered - loop["started_at"])}
     experiment, load_error = None, None
-    load_start = time.perf_counter()
     try:
-        from .backbone import load_backbone
         from .experiment import Experiment
 
-        experiment = Experiment(load_backbone(_job_config(loop["overrides"], *loop["jobs"][0]).backbone, device))
+        backbone, timing["backbone_load_s"] = cached_backbone(job_config(loop, loop["jobs"][0]), device)
+        experiment = Experiment(backbone)
     except Exception as exc:  # noqa: BLE001 - every job of this trial becomes a failed row
-        load_error = f"{type(exc).__name__}: {_first_line(exc)}"
-    timing["backbone_load_s"] = time.perf_counter() - load_start
-
-    finished = {(r["dataset"], r["seed"]) for r in rows}
-    for index, job in enumerate(j for j in loop["jobs"] if tuple(j) not in finished):
-        rows.append(_run_job(experiment, load_error, loop, *job, restarts, world, device, timing))
+        load_error, timing["backbone_load_s"] = f"{type(exc).__name__}: {first_line(exc)}", 0.0
+    finished = {row_job_key(r) for r in rows if r["dataset"] == r["source_dataset"]}
+    for index, job in enumerate(j for j in loop["jobs"] if j.key not in finished):
+        rows.extend(run_job(experiment, load_error, loop, job, restarts, session.rank, session.world, device,
+                             timing))
         timing = {}
-        _report(rows, starts, rank, loop["stage"])
-        _maybe_inject_fault(rank, index, len(loop["jobs"]))
+        _report(rows, starts, loop, session)
+        maybe_inject_fault(session.rank, index, len(loop["jobs"]))
+    return rows
 
 
-def _run_job(experiment: Any, load_error: str | None, loop: dict, dataset: str, seed: int, restarts: int,
-             world: int, device: Any, timing: dict) -> dict:
-    import torch
-
-    start = time.perf_counter()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    common = dict(sweep=loop["sweep"], stage=loop["stage"], trial_id=loop["trial_id"], restarts=restarts,
-                  world_size=world, device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                  ray_startup_s=timing.get("ray_startup_s", 0.0), backbone_load_s=timing.get("backbone_load_s", 0.0))
-    try:
-        cfg = _job_config(loop["overrides"], dataset, seed)
-    except Exception as exc:  # noqa: BLE001
-        cfg, load_error = Config().replace(dataset=dataset, seed=seed), f"{type(exc).__name__}: {_first_line(exc)}"
-    if load_error:
-        row = ResultRow(config=cfg, status="failed", error=load_error, **common)
-    else:
-        try:
-            result = experiment.run(cfg, loop["stage"])
-            terms = getattr(result, "loss_terms_by_epoch", None) or [{}]
-            row = ResultRow(config=cfg, metrics=result.metrics, n_train_classes=result.n_train_classes,
-                            n_train_images=result.n_train_images, steps=result.steps, final_loss=result.final_loss,
-                            loss_terms=terms[-1], feature_s=result.feature_s, train_s=result.train_s,
-                            eval_s=result.eval_s, **common)
-        except Exception as exc:  # noqa: BLE001 - a failed job is a row, never a gap
-            traceback.print_exc()
-            if world > 1:
-                # The other ranks may be inside this job's collectives; going on would pair them with the
-                # next job's. Let Train restart the group (finished rows are checkpointed); if the job keeps
-                # failing, the trial driver writes its row as failed.
-                raise
-            row = ResultRow(config=cfg, status="failed", error=f"{type(exc).__name__}: {_first_line(exc)}", **common)
-    row.wall_s = time.perf_counter() - start
-    row.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    row.peak_cuda_bytes = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return row.to_dict()
-
-
-def _load_checkpoint(checkpoint: Any) -> tuple[list[dict], int]:
-    """(finished rows, worker-loop starts so far) from a checkpoint; ([], 0) for None."""
+def _load_checkpoint(checkpoint: Any) -> tuple[list[dict], int, float]:
+    """(finished rows, job-loop starts so far, trial seconds so far) from a checkpoint; ([], 0, 0) for None."""
     if checkpoint is None:
-        return [], 0
+        return [], 0, 0.0
     with checkpoint.as_directory() as directory:
         rows = pq.read_table(os.path.join(directory, CHECKPOINT_ROWS)).to_pylist()
         with open(os.path.join(directory, CHECKPOINT_STATE)) as handle:
-            starts = json.load(handle)["starts"]
-    return rows, starts
+            state = json.load(handle)
+    return rows, state["starts"], state.get("elapsed_s", 0.0)
 
 
-def _report(rows: list[dict], starts: int, rank: int, stage: str) -> None:
-    ok = [r[OBJECTIVE[stage]] for r in rows if r["status"] == "ok"]
-    metrics = {"jobs_done": len(rows), "objective": sum(ok) / len(rows)}
-    if rank != 0:  # Ray: every worker reports (a barrier); rank 0's checkpoint holds the rows
-        ray.train.report(metrics)
+def _report(rows: list[dict], starts: int, loop: dict, session: Any) -> None:
+    metrics = progress(rows, loop)
+    if session.rank != 0:  # Ray: every worker reports (a barrier); rank 0's checkpoint holds the rows
+        session.report(metrics, None, "")
         return
     with tempfile.TemporaryDirectory() as directory:
         pq.write_table(rows_to_table(rows), os.path.join(directory, CHECKPOINT_ROWS))
         with open(os.path.join(directory, CHECKPOINT_STATE), "w") as handle:
-            json.dump({"starts": starts}, handle)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                         checkpoint_dir_name=f"jobs-{len(rows):04d}-start-{starts}")
-
-
-def _maybe_inject_fault(rank: int, job_index: int, n_jobs: int) -> None:
-    """Test hook: with $DUALPROMPT_FAULT_ONCE=<marker path>, the first rank-0 worker of a multi-job trial to
-    create the marker after its first report dies (once: the marker exists from then on)."""
-    marker = os.environ.get(FAULT_ENV)
-    if not marker or rank != 0 or job_index != 0 or n_jobs < 2:
-        return
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return
-    time.sleep(3.0)  # let the controller register the checkpoint first (it polls every 2 s)
-    os._exit(1)
-
-
-def _startup_share(rows: Any) -> str:
-    """Ray's share of trial time: trial start -> first worker loop line, first start only (ranks start together)."""
-    first = rows[(rows["restarts"] == 0) & (rows["ray_startup_s"] > 0)].groupby(["stage", "trial_id"])["ray_startup_s"]
-    startup = first.min().sum()
-    wall = rows.groupby(["stage", "trial_id"])["trial_wall_s"].first().sum()
-    share = 100 * startup / wall if wall else 0.0
-    return (f"Ray start-up (trial start -> worker loop) took {startup:.0f} s of {wall:.0f} s of trial time "
-            f"({share:.0f}%) over {rows.groupby(['stage', 'trial_id']).ngroups} trials.")
+            json.dump({"starts": starts, "elapsed_s": time.time() - loop["started_at"]}, handle)
+        session.report(metrics, directory, f"jobs-{len(rows):04d}-start-{starts}")
 
 
 def check_storage_reachable(storage: str, address: str, timeout_s: float = 120.0) -> int:
@@ -399,8 +411,7 @@ def check_storage_reachable(storage: str, address: str, timeout_s: float = 120.0
     under `storage` and write there itself; return the number of nodes checked.
 
     Call after `ray.init` and before any trial; the pure parts (the probe, the verdict) are in
-    `dualprompt.cluster`. With address "local" (a private single-node Ray) nothing
-    needs checking and nothing is probed.
+    `dualprompt.cluster`. With address "local" (a private single-node Ray) nothing needs checking.
     """
     if address == "local":
         return 0

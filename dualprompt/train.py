@@ -15,51 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .augment import classwise_mix
 from .config import MethodConfig, OptimConfig
 from .features import ViewSource
-from .losses import cross_entropy, knowledge_guidance, mutual_information_nce, soft_cross_entropy
+from .losses import method_loss
 from .parallel import split_rows, sum_gradients
 from .prompt_learner import PromptLearner
-
-
-def method_loss(
-    cfg: MethodConfig,
-    logit_scale: float,
-    image_features: torch.Tensor,
-    labels: torch.Tensor,
-    soft: torch.Tensor,
-    handcrafted: torch.Tensor,
-    generator: torch.Generator,
-    beta_rng: np.random.Generator,
-) -> dict[str, torch.Tensor]:
-    """The method's loss terms by name, plus `loss`, their weighted sum.
-
-    image_features [B, E] and labels [B]; soft and handcrafted [C, E] over the C training classes.
-    """
-    terms = {"ce": cross_entropy(logit_scale * image_features @ soft.T, labels)}
-    loss = terms["ce"]
-    if cfg.method == "kgcoop":
-        terms["kg"] = knowledge_guidance(soft, handcrafted)
-        loss = loss + cfg.kg_weight * terms["kg"]
-    if cfg.method == "dualprompt":
-        mixed = classwise_mix(image_features, labels, cfg.aug_strength, generator, beta_rng)
-        mi_soft, mi_hand = soft, handcrafted
-        if mixed is not None and cfg.aug_variant == "virtual":
-            # Each mixed feature is its own virtual class; its text features mix w (and h) the same way.
-            soft_virtual = torch.cat([soft, mixed.virtual_features(soft)])  # [C + B, E]
-            mi_soft, mi_hand = soft_virtual, torch.cat([handcrafted, mixed.virtual_features(handcrafted)])
-            virtual_labels = soft.shape[0] + torch.arange(len(labels), device=labels.device)
-            terms["aug"] = cross_entropy(logit_scale * mixed.features @ soft_virtual.T, virtual_labels)
-        elif mixed is not None:
-            targets = mixed.soft_targets(soft.shape[0]).to(soft.dtype)
-            terms["aug"] = soft_cross_entropy(logit_scale * mixed.features @ soft.T, targets)
-        terms.update(mutual_information_nce(mi_soft, mi_hand, cfg.mi_temperature))
-        loss = loss + cfg.mi_weight * terms["mi"]
-        if "aug" in terms:
-            loss = loss + cfg.aug_weight * terms["aug"]
-    terms["loss"] = loss
-    return terms
 
 
 def learning_rate(cfg: OptimConfig, epoch: int) -> float:

@@ -55,7 +55,7 @@ def write_split_json_dataset(
     image_dir = folder / spec.image_dir if spec.image_dir else folder
     names = raw_names or [fake_classname(label) for label in range(spec.n_classes)]
     content: dict[str, list[list[object]]] = {}
-    for split, count in zip(("train", "val", "test"), per_class):
+    for split, count in zip(("train", "val", "test"), per_class, strict=True):
         entries: list[list[object]] = []
         for label, raw in enumerate(names):
             for index in range(count):

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from dualprompt.backbone import load_backbone
+from dualprompt import shared_prefix
+from dualprompt.backbone import Backbone, load_backbone
 from dualprompt.config import BackboneConfig, ConfigError, PromptConfig
 from dualprompt.prompt_learner import PromptLearner
 
 PROMPTS = ["a photo of a dog.", "a photo of a great crested newt, a type of amphibian.", "x."]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops run fastest on one thread, and far slower with more threads than free cores (shared CI)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_truncated_encoding_matches_full_context(test_clip):
@@ -36,8 +50,10 @@ def test_chunked_training_gives_the_same_features_and_gradients(test_clip):
     plain_learner = PromptLearner(test_clip, PromptConfig(), torch.Generator().manual_seed(0))
     chunked_learner = PromptLearner(chunked, PromptConfig(), torch.Generator().manual_seed(0))
     plain, chunked_features = plain_learner(names), chunked_learner(names)
-    (grad_plain,) = torch.autograd.grad(plain.square().sum(), plain_learner.ctx)
-    (grad_chunked,) = torch.autograd.grad(chunked_features.square().sum(), chunked_learner.ctx)
+    weights = loss_weights(test_clip, len(names))  # not square().sum(): constant on unit vectors, zero gradient
+    (grad_plain,) = torch.autograd.grad((weights * plain).sum(), plain_learner.ctx)
+    (grad_chunked,) = torch.autograd.grad((weights * chunked_features).sum(), chunked_learner.ctx)
+    assert grad_plain.abs().max() > 0.1
     torch.testing.assert_close(chunked_features, plain)
     torch.testing.assert_close(grad_chunked, grad_plain)
 
@@ -67,3 +83,184 @@ def test_context_longer_than_the_text_tower_is_refused(test_clip):
     assert learner((ten_words,)).shape == (1, 64)  # SOS + 64 + 10 words + "." + EOT = 77 tokens: fits
     with pytest.raises(ConfigError, match="n_ctx: a prompt needs 78 tokens .* holds 77; lower n_ctx"):
         learner((ten_words + " eleven",))
+
+
+# ---- the shared [SOS][ctx] prefix (shared_prefix.py) against whole prompts -----------------------------
+# Exact: features and ctx gradients equal open_clip's own encode_text and the whole-prompt path to 1e-5.
+
+MODES = {  # BackboneConfig overrides: chunks over the class axis and per-layer checkpointing, alone and together
+    "plain": {},
+    "chunked": {"text_chunk_size": 2},
+    "checkpoint": {"checkpoint_text": True},
+    "chunked+checkpoint": {"text_chunk_size": 2, "checkpoint_text": True},
+}
+_configured: dict[tuple, Backbone] = {}
+
+
+def configured(backbone: Backbone, **options) -> Backbone:
+    """`backbone` (same weights) with other BackboneConfig `options`; loaded once per session."""
+    key = (backbone.cfg.backbone, *sorted(options.items()))
+    if not options:
+        return backbone
+    if key not in _configured:
+        other = load_backbone(replace(backbone.cfg, **options))
+        other.model.load_state_dict(backbone.model.state_dict())
+        _configured[key] = other
+    return _configured[key]
+
+
+def class_names(backbone: Backbone) -> tuple[str, ...]:
+    """Five names of 1 to 5 words (so 2 to 6 tokens with the "."), in the backbone's vocabulary."""
+    if backbone.cfg.backbone == "test-clip":
+        return ("dog", "sea lion", "great crested newt, a type", "x", "red panda")
+    from dualprompt.world.vocab import COLOURS, SHAPES
+
+    colours, shapes = list(COLOURS), list(SHAPES)
+    return (f"{colours[0]} {shapes[0]}", shapes[1], f"{colours[1]} {colours[2]} {shapes[2]}", shapes[3],
+            f"{colours[3]} {colours[4]} {colours[5]} {colours[6]} {shapes[4]}")
+
+
+def context_ids(backbone: Backbone, names: tuple[str, ...], n_ctx: int) -> torch.Tensor:
+    """n_ctx distinct word ids that occur nowhere else in the prompts: the gradient of the embedding table's
+    row for each is then exactly the gradient of that context vector."""
+    used = {backbone.tokenizer.sot_token_id, backbone.tokenizer.eot_token_id, 0}
+    for name in names:
+        used.update(backbone.word_ids(name + "."))
+    free = [i for i in range(1, backbone.text.token_embedding.num_embeddings) if i not in used]
+    return torch.tensor(free[:: max(1, len(free) // n_ctx)][:n_ctx])
+
+
+def loss_weights(backbone: Backbone, n: int) -> torch.Tensor:
+    """Fixed random unit vectors [n, E] h_i, read out as the loss sum_i <w_i, h_i> / n: a KgCoOp-style mean
+    cosine, whose gradient reaches every direction of ctx at the scale of a training loss's (0.1 to 1),
+    so an absolute 1e-5 is a relative 1e-5 to 1e-4. (A loss whose gradient is 20x larger shows 20x larger
+    float32 round-off: today's whole-prompt path and open_clip's encode_text then differ by 2e-5.)"""
+    h = torch.randn(n, backbone.text.text_projection.shape[-1], generator=torch.Generator().manual_seed(3))
+    return F.normalize(h, dim=-1) / n
+
+
+def features_and_ctx_gradient(encode, ctx: torch.Tensor, weights: torch.Tensor):
+    """encode(ctx) -> [C, E]; returns (features, d(sum(weights * features))/d ctx)."""
+    ctx = ctx.detach().clone().requires_grad_(True)
+    features = encode(ctx)
+    (grad,) = torch.autograd.grad((weights * features).sum(), ctx)
+    return features.detach(), grad
+
+
+def whole_prompts(learner: PromptLearner, names: tuple[str, ...], ctx: torch.Tensor) -> torch.Tensor:
+    """The generic path: the context spliced into every prompt, each prompt encoded whole."""
+    embeddings, eot = learner._frozen_tokens(names)  # [C, L, D], [C]
+    ctx = ctx.unsqueeze(0).expand(len(names), -1, -1)  # [C, M, D]
+    prompts = torch.cat([embeddings[:, :1], ctx, embeddings[:, 1 + learner.n_ctx :]], dim=1)
+    return learner.backbone.encode_embeddings(prompts, eot)
+
+
+def open_clip_encode_text(backbone: Backbone, names: tuple[str, ...], ids: torch.Tensor, weights: torch.Tensor):
+    """open_clip's own encode_text over the full context, with the context as real words `ids`: features,
+    and the context's gradient as the gradient of those rows of the embedding table."""
+    tokens, _ = backbone.prompt_ids([backbone.word_ids(name + ".") for name in names], n_ctx=len(ids))
+    tokens[:, 1 : 1 + len(ids)] = ids
+    table = backbone.text.token_embedding.weight
+    table.requires_grad_(True)
+    try:
+        features = F.normalize(backbone.model.encode_text(tokens), dim=-1)
+        (grad,) = torch.autograd.grad((weights * features).sum(), table)
+    finally:
+        table.requires_grad_(False)
+    return features.detach(), grad[ids]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("n_ctx", [1, 4, 16])
+@pytest.mark.parametrize("model", ["test_clip", "tiny_clip"])
+def test_shared_prefix_equals_open_clip_and_whole_prompts(request, model, n_ctx, mode):
+    base = request.getfixturevalue(model)
+    backbone = configured(base, **MODES[mode])
+    assert backbone.shares_prefix
+    names = class_names(backbone)
+    learner = PromptLearner(backbone, PromptConfig(n_ctx=n_ctx, ctx_init=""))
+    ids = context_ids(backbone, names, n_ctx)
+    assert len(ids) == n_ctx
+    ctx = backbone.embed_tokens(ids)  # [M, D]: the soft prompt is then the text prompt with these words
+    weights = loss_weights(backbone, len(names))
+
+    def shared(c: torch.Tensor) -> torch.Tensor:
+        learner.ctx.data = c.detach()
+        features = learner(names)
+        return features, torch.autograd.grad((weights * features).sum(), learner.ctx)[0]
+
+    features, grad = shared(ctx)
+    assert grad.abs().max() > 1e3 * 1e-5  # the gradient is far above the tolerance below (see loss_weights)
+    reference, reference_grad = open_clip_encode_text(base, names, ids, weights)
+    torch.testing.assert_close(features, reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(grad, reference_grad, atol=1e-5, rtol=0)
+    whole, whole_grad = features_and_ctx_gradient(lambda c: whole_prompts(learner, names, c), ctx, weights)
+    torch.testing.assert_close(features, whole, atol=1e-5, rtol=0)
+    torch.testing.assert_close(grad, whole_grad, atol=1e-5, rtol=0)
+    with torch.no_grad():  # evaluation: no graph, chunks without recomputation
+        torch.testing.assert_close(learner(names), features, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model", ["test_clip", "tiny_clip"])
+def test_shared_prefix_with_a_random_context_equals_whole_prompts(request, model):
+    """A context far from any word embedding, and the class list split differently into chunks (a chunk of
+    one name has no padding slots; the others pad the shorter names' attention sequences)."""
+    base = request.getfixturevalue(model)
+    names = class_names(base)
+    ctx = torch.randn(4, base.token_dim, generator=torch.Generator().manual_seed(1))
+    weights = loss_weights(base, len(names))
+    whole_learner = PromptLearner(base, PromptConfig(n_ctx=4, ctx_init=""))
+    expected = features_and_ctx_gradient(lambda c: whole_prompts(whole_learner, names, c), ctx, weights)
+    padded = set()
+    for chunk in (1, 3, 4, 5, 6):
+        learner = PromptLearner(configured(base, text_chunk_size=chunk), PromptConfig(n_ctx=4, ctx_init=""))
+        padded.update(group.seq_index is not None for group in learner._frozen_suffixes(names).groups)
+
+        def shared(c, learner=learner):
+            learner.ctx.data = c.detach()
+            return learner(names)
+
+        features = shared(ctx)
+        (grad,) = torch.autograd.grad((weights * features).sum(), learner.ctx)
+        torch.testing.assert_close(features, expected[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(grad, expected[1], atol=1e-5, rtol=0)
+    assert padded == {True, False}  # passes whose names differ in length (padded slots) and passes without
+
+
+def test_towers_without_open_clip_standard_blocks_fall_back_to_whole_prompts(test_clip):
+    """shared_prefix.py runs only the blocks it knows; anything else keeps open_clip's own modules."""
+    assert shared_prefix.supports(test_clip.text)
+    no_mask = copy.deepcopy(test_clip.text)
+    no_mask.attn_mask = None  # bidirectional attention: a prefix would see the class name
+    assert not shared_prefix.supports(no_mask)
+    subclassed = copy.deepcopy(test_clip.text)
+    block = subclassed.transformer.resblocks[1]
+    block.__class__ = type("Patched", (type(block),), {})  # may compute something else in forward
+    assert not shared_prefix.supports(subclassed)
+
+    fallback = copy.copy(test_clip)
+    fallback.shares_prefix = False
+    names = class_names(test_clip)
+    learner = PromptLearner(fallback, PromptConfig(n_ctx=4, ctx_init=""), torch.Generator().manual_seed(0))
+    assert learner._frozen_suffixes(names) is None
+    with torch.no_grad():
+        expected = whole_prompts(learner, names, learner.ctx)
+        torch.testing.assert_close(learner(names), expected, atol=0, rtol=0)  # the very same code path
+        shared = PromptLearner(test_clip, PromptConfig(n_ctx=4, ctx_init=""), torch.Generator().manual_seed(0))
+        torch.testing.assert_close(shared(names), expected, atol=1e-5, rtol=0)
+
+
+def test_shared_prefix_under_bf16_autocast_matches_whole_prompts(tiny_clip):
+    """`precision=amp` (bf16 autocast of the text tower; CUDA in training, here the CPU's autocast): both
+    paths run in bf16 and agree to bf16's resolution (2^-8 relative), not float32's, so the tolerance is
+    two bf16 steps at 1.0; in float32 the same comparison is exact to 1e-5 (the tests above)."""
+    names = class_names(tiny_clip)
+    learner = PromptLearner(tiny_clip, PromptConfig(n_ctx=4, ctx_init=""), torch.Generator().manual_seed(0))
+    weights = loss_weights(tiny_clip, len(names))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        shared, whole = learner(names), whole_prompts(learner, names, learner.ctx)
+    assert shared.dtype == whole.dtype == torch.bfloat16
+    (grad,) = torch.autograd.grad((weights * shared.float()).sum(), learner.ctx)
+    (whole_grad,) = torch.autograd.grad((weights * whole.float()).sum(), learner.ctx)
+    torch.testing.assert_close(shared.float(), whole.float(), atol=2**-7, rtol=0)
+    torch.testing.assert_close(grad, whole_grad, atol=2**-7, rtol=0)

@@ -12,15 +12,16 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from dualprompt import world
 from dualprompt.bench import (
     FieldPromptLearner,
     build_problem,
     prompt_length,
     run_field_loop,
     run_our_loop,
+    shared_prefix_flops,
     text_encoder_flops,
 )
-from dualprompt import world
 from dualprompt.config import PromptConfig
 from dualprompt.prompt_learner import PromptLearner
 
@@ -41,7 +42,7 @@ def one_thread():
 
 def assert_same_accuracy(problem, field: dict, ours: dict) -> None:
     """Base and new: the same predictions, up to a near-tie flipped by round-off (one test image)."""
-    for eval_set, a, b in zip(problem.eval_sets, field["accuracy"], ours["accuracy"]):
+    for eval_set, a, b in zip(problem.eval_sets, field["accuracy"], ours["accuracy"], strict=True):
         assert abs(a - b) <= 100.0 / len(eval_set.items) + 1e-9, eval_set.name
 
 
@@ -73,13 +74,34 @@ def test_more_class_prompts_pad_with_distractor_names(test_clip, isolated_dirs):
 
 
 @pytest.mark.parametrize("kind", [PromptLearner, FieldPromptLearner])
-def test_flop_estimate_equals_torch_flop_counter(test_clip, kind):
-    learner = kind(test_clip, PromptConfig())
+@pytest.mark.parametrize("n_ctx", [1, 4, 16])
+def test_flop_estimate_equals_torch_flop_counter(test_clip, kind, n_ctx):
+    """(a) every prompt over the full context; (b) the shared [SOS][ctx] prefix once (shared_prefix.py)."""
+    learner = kind(test_clip, PromptConfig(n_ctx=n_ctx, ctx_init=""))
     names = ("red circle", "a much longer class name with many words", "dog")
-    length = test_clip.context_length if kind is FieldPromptLearner else prompt_length(learner, names)
+    if kind is FieldPromptLearner:
+        expected = text_encoder_flops(test_clip, len(names), test_clip.context_length)
+    else:
+        assert test_clip.shares_prefix
+        lengths = (learner._frozen_tokens(names)[1] + 1).tolist()  # up to each prompt's own EOT token
+        assert len(set(lengths)) > 1  # the names differ in length: no padding rows are counted
+        expected = shared_prefix_flops(test_clip, 1 + n_ctx, lengths)
     with FlopCounterMode(display=False) as counter:
         learner(names).sum().backward()
-    assert counter.get_total_flops() == pytest.approx(text_encoder_flops(test_clip, len(names), length), rel=1e-9)
+    assert counter.get_total_flops() == pytest.approx(expected, rel=1e-9)
+
+
+def test_unshared_flop_estimate_equals_torch_flop_counter(test_clip):
+    """The whole-prompt pass (`encode_embeddings`, the fallback and issue 7's (b)) keeps its own formula."""
+    learner = PromptLearner(test_clip, PromptConfig())
+    names = ("red circle", "a much longer class name with many words", "dog")
+    embeddings, eot = learner._frozen_tokens(names)
+    ctx = learner.ctx.unsqueeze(0).expand(len(names), -1, -1)
+    with FlopCounterMode(display=False) as counter:
+        prompts = torch.cat([embeddings[:, :1], ctx, embeddings[:, 1 + learner.n_ctx :]], dim=1)
+        test_clip.encode_embeddings(prompts, eot).sum().backward()
+    expected = text_encoder_flops(test_clip, len(names), prompt_length(learner, names))
+    assert counter.get_total_flops() == pytest.approx(expected, rel=1e-9)
 
 
 def test_smoke_command_prints_the_comparison(isolated_dirs):
@@ -89,6 +111,6 @@ def test_smoke_command_prints_the_comparison(isolated_dirs):
     out = done.stdout
     for field in ("(a) field loop", "(b) our loop", "(b)/(a)", "train steps/s", "time per trial, warm cache",
                   "time per trial, cold cache", "feature extraction", "peak memory above loaded model",
-                  "final training loss", "test accuracy", "GFLOP", "matmul probe", "% of the probe",
-                  "load average"):
+                  "final training loss", "test accuracy", "GFLOP", "matmul probe", "executed FLOPs",
+                  "text step share of the matmul probe", "[SOS][ctx] once", "load average"):
         assert field in out, f"{field!r} missing from:\n{out}"

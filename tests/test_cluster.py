@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from jsonschema import ValidationError
 
 from dualprompt.cluster import SHARED_ENV, StorageError, autoscaler_can_add, probe_storage, storage_verdict
 
@@ -64,18 +65,24 @@ def test_cluster_yaml_passes_rays_own_validation():
     assert config["available_node_types"]["head"]["max_workers"] == 0
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda c: c.__setitem__("idle_timout_minutes", c.pop("idle_timeout_minutes")),
-    lambda c: c["available_node_types"]["gpu_24gb"].__setitem__(
+@pytest.mark.parametrize("mutate,error,message", [
+    (lambda c: c.__setitem__("idle_timout_minutes", c.pop("idle_timeout_minutes")),
+     ValidationError, "'idle_timout_minutes' was unexpected"),
+    (lambda c: c["available_node_types"]["gpu_24gb"].__setitem__(
         "min_wrkers", c["available_node_types"]["gpu_24gb"].pop("min_workers")),
-    lambda c: c["docker"].__setitem__("imgae", c["docker"].pop("image")),
-    lambda c: c.__setitem__("head_node_type", "haed"),
-    lambda c: c["available_node_types"]["gpu_24gb"].__setitem__("min_workers", 99),
+     ValidationError, "'min_wrkers' was unexpected"),
+    (lambda c: c["docker"].__setitem__("imgae", c["docker"].pop("image")),
+     AssertionError, "Must provide a container & image name"),
+    (lambda c: c.__setitem__("head_node_type", "haed"),
+     ValueError, "`head_node_type` must be one of `available_node_types`"),
+    (lambda c: c["available_node_types"]["gpu_24gb"].__setitem__("min_workers", 99),
+     ValueError, "global `max_workers` is smaller than the sum of `min_workers`"),
 ], ids=["top-level key", "node type key", "docker key", "head node type", "min over max"])
-def test_a_misspelled_or_inconsistent_config_is_rejected(mutate):
+def test_a_misspelled_or_inconsistent_config_is_rejected(mutate, error, message):
+    """Each broken config fails Ray's own checks (what `ray up` runs) for the reason it was broken."""
     config = raw()
     mutate(config)
-    with pytest.raises(Exception):  # jsonschema.ValidationError or ValueError, as `ray up` raises them
+    with pytest.raises(error, match=re.escape(message)):
         prepared(config)
 
 
@@ -379,14 +386,23 @@ def test_rehearsal_rows_are_on_the_shared_storage_and_every_node_reaches_it(fake
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_rehearsal_driver_without_the_token_is_refused(fake_cluster):
+    """A driver holding a wrong token is refused by the cluster's GCS for its token; the same driver with the
+    cluster's token joins, so the refusal is the authentication and nothing else about the connection."""
     code = "import ray, sys; ray.init(address=sys.argv[1]); print('joined')"
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_AUTH_TOKEN_PATH", None)
-    env.pop("RAY_ADDRESS", None)
-    result = subprocess.run([sys.executable, "-c", code, fake_cluster["cluster"].address], capture_output=True,
-                            text=True, env=env, timeout=100)
-    assert result.returncode != 0 and "joined" not in result.stdout
+    base = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        base.pop(name, None)
+
+    def join(**auth: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code, fake_cluster["cluster"].address], capture_output=True,
+                              text=True, env={**base, **auth}, timeout=100)
+
+    refused = join(RAY_AUTH_TOKEN=secrets.token_hex(32))
+    assert refused.returncode != 0 and "joined" not in refused.stdout
+    assert "ray.exceptions.AuthenticationError" in refused.stderr, refused.stderr[-2000:]
+    assert "InvalidAuthToken: Authentication token is missing or incorrect" in refused.stderr  # the server's answer
+    admitted = join(RAY_AUTH_TOKEN_PATH=fake_cluster["env"]["RAY_AUTH_TOKEN_PATH"])
+    assert admitted.returncode == 0 and admitted.stdout.strip() == "joined", admitted.stderr[-2000:]
 
 
 @pytest.mark.ray

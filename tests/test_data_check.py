@@ -12,8 +12,6 @@ import pytest
 from fake_trees import write_split_json_dataset
 
 from dualprompt.data.__main__ import main
-from dualprompt.data.catalogue import REAL_DATASETS
-from dualprompt.data.check import default_check_names
 from dualprompt.data.synthetic import SYNTHETIC_SPECS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +91,17 @@ def test_unknown_dataset_exits_2_with_a_suggestion(data_root: Path, capsys: pyte
     assert message.endswith("?") and "\n" not in message
 
 
-def test_default_check_lists_real_datasets_only() -> None:
-    assert default_check_names() == list(REAL_DATASETS)
-    assert not set(default_check_names()) & set(SYNTHETIC_SPECS)
+BENCHMARK_DATASETS = [  # the eleven base-to-new datasets and the four ImageNet variants, in catalogue order
+    "imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",
+    "sun397", "dtd", "eurosat", "ucf101", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r",
+]
+
+
+def test_check_without_datasets_checks_every_real_dataset_and_no_synthetic_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "--data-root", str(tmp_path)]) == 1  # an empty root: nothing is ready
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == BENCHMARK_DATASETS
+    assert all(line.split()[1] == "missing:" for line in lines)
+    assert not set(BENCHMARK_DATASETS) & set(SYNTHETIC_SPECS)  # the offline world is generated, never checked

@@ -5,26 +5,36 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from dualprompt.augment import classwise_mix, draw_partners
 from dualprompt.config import MethodConfig
-from dualprompt.losses import knowledge_guidance, mutual_information_nce, soft_cross_entropy
-from dualprompt.train import method_loss
+from dualprompt.losses import knowledge_guidance, method_loss, mutual_information_nce, soft_cross_entropy
 
 
 def _separated(n: int, dim: int = 64) -> torch.Tensor:
-    return F.normalize(torch.eye(n, dim) + 0.01 * torch.randn(n, dim, generator=torch.Generator().manual_seed(0)), dim=-1)
+    noise = torch.randn(n, dim, generator=torch.Generator().manual_seed(0))
+    return F.normalize(torch.eye(n, dim) + 0.01 * noise, dim=-1)
 
 
 def test_mi_is_near_its_minimum_when_views_coincide_and_classes_separate():
     views = _separated(10)
     terms = mutual_information_nce(views, views, temperature=0.05)
     assert terms["mi"] < 1e-3  # minimum of InfoNCE is 0: the bound log N - L_mi reaches log N
-    shuffled = mutual_information_nce(views, views[torch.randperm(10, generator=torch.Generator().manual_seed(1))], 0.05)
+    permutation = torch.randperm(10, generator=torch.Generator().manual_seed(1))
+    shuffled = mutual_information_nce(views, views[permutation], 0.05)
     assert shuffled["mi"] > 1.0  # mismatched views are far from the minimum
-    assert math.log(10) - terms["mi"] > math.log(10) - 1e-3
+
+
+def test_mi_of_views_that_cannot_tell_classes_apart_is_log_n_so_the_bound_is_zero():
+    """Every row of both views the same: S is constant, each softmax is uniform, L_mi = log N exactly."""
+    soft, hand = _separated(1).expand(10, -1), _separated(2)[1:].expand(10, -1)
+    for temperature in (0.05, 1.0):
+        terms = mutual_information_nce(soft, hand, temperature)
+        for name in ("mi", "mi_soft_to_hand", "mi_hand_to_soft"):
+            assert float(terms[name]) == pytest.approx(math.log(10), rel=1e-5), name
 
 
 def test_mi_is_unchanged_by_permuting_classes():
@@ -82,7 +92,8 @@ def test_a_batch_of_one_class_is_left_unmixed():
 
 def test_soft_cross_entropy_equals_cross_entropy_for_one_hot_targets():
     logits, labels = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
-    torch.testing.assert_close(soft_cross_entropy(logits, F.one_hot(labels, 3).float()), F.cross_entropy(logits, labels))
+    one_hot = F.one_hot(labels, 3).float()
+    torch.testing.assert_close(soft_cross_entropy(logits, one_hot), F.cross_entropy(logits, labels))
 
 
 def test_methods_use_exactly_their_own_terms():
@@ -91,8 +102,9 @@ def test_methods_use_exactly_their_own_terms():
     rng = np.random.default_rng(0)
     coop = method_loss(MethodConfig(method="coop"), 10.0, z, labels, w, h, gen, rng)
     kg = method_loss(MethodConfig(method="kgcoop", kg_weight=8.0), 10.0, z, labels, w, h, gen, rng)
-    dual = method_loss(MethodConfig(method="dualprompt", aug_variant="virtual"), 10.0, z, labels, w, h, gen, rng)
+    dual_cfg = MethodConfig(method="dualprompt", aug_variant="virtual", mi_weight=0.5, aug_weight=2.0)
+    dual = method_loss(dual_cfg, 10.0, z, labels, w, h, gen, rng)
     assert set(coop) == {"ce", "loss"}
     torch.testing.assert_close(kg["loss"], kg["ce"] + 8.0 * kg["kg"])
-    assert {"ce", "mi", "aug", "loss"} <= set(dual)
-    torch.testing.assert_close(dual["loss"], dual["ce"] + dual["mi"] + dual["aug"])
+    assert {"ce", "mi", "aug", "loss"} <= set(dual) and "kg" not in dual and "mi" not in kg
+    torch.testing.assert_close(dual["loss"], dual["ce"] + 0.5 * dual["mi"] + 2.0 * dual["aug"])

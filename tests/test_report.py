@@ -13,44 +13,52 @@ import pyarrow.parquet as pq
 import pytest
 
 from dualprompt.config import Config
-from dualprompt.results import (ResultRow, ResultsError, best_search_trials, load_results, rows_to_table,
-                                side_by_side, summarise, write_rows)
+from dualprompt.results import ResultRow, load_results, rows_to_table, write_rows
+from dualprompt.tables import (
+    TablesError,
+    best_search_trials,
+    few_shot_summary,
+    objective_validity,
+    search_trials,
+    spearman,
+    summarise,
+    transfer_summary,
+)
 
 
 def hm(b: float, n: float) -> float:
     return 2 * b * n / (b + n)
 
 
-def final(method: str, dataset: str, seed: int, base: float, new: float, failed: bool = False,
-          sweep: str = "demo", **cfg) -> ResultRow:
+def final(variant: str, dataset: str, seed: int, base: float, new: float, failed: bool = False,
+          sweep: str = "demo", search_trial: str | None = None, **cfg) -> ResultRow:
+    method = variant if variant in ("zeroshot", "coop", "kgcoop") else "dualprompt"
     config = Config().replace(method=method, dataset=dataset, seed=seed, **cfg)
+    common = dict(variant=variant, search_trial_id=search_trial)
     if failed:
-        return ResultRow(sweep, "final", f"f-{method}", config, status="failed", error="RuntimeError: boom")
-    return ResultRow(sweep, "final", f"f-{method}", config, train_s=2.0, eval_s=0.5, feature_s=1.0,
-                     ray_startup_s=0.5, wall_s=4.0, trial_wall_s=20.0,
+        return ResultRow(sweep, "final", f"f-{variant}", config, status="failed", error="RuntimeError: boom", **common)
+    return ResultRow(sweep, "final", f"f-{variant}", config, train_s=2.0, eval_s=0.5, feature_s=1.0,
+                     ray_startup_s=0.5, wall_s=4.0, trial_wall_s=20.0, **common,
                      metrics={"acc_test_base": base, "acc_test_new": new, "hm_test": hm(base, new)})
 
 
-def search(trial: int, mi_weight: float, n_ctx: int, variant: str, score: float) -> ResultRow:
+def search(trial: int, mi_weight: float, n_ctx: int, variant: str, score: float, fold: int = 0) -> ResultRow:
     config = Config().replace(dataset="synthetic_a", seed=1, mi_weight=mi_weight, n_ctx=n_ctx, aug_variant=variant)
     metrics = {"acc_val_pseudobase": score + 5, "acc_val_pseudonew": score - 5, "hm_val": score}
-    return ResultRow("demo", "search", f"s{trial:02d}", config, metrics=metrics, train_s=3.0, feature_s=1.0,
-                     eval_s=0.2, ray_startup_s=1.0, wall_s=5.0, trial_wall_s=6.0)
+    return ResultRow("demo", "search", f"s{trial:02d}", config, metrics=metrics, fold=fold, train_s=3.0,
+                     counts={"n_val_pseudobase": 32, "n_val_pseudonew": 160}, standard_errors={"hm_val_se": 4.0},
+                     feature_s=1.0, eval_s=0.2, ray_startup_s=1.0, wall_s=5.0, trial_wall_s=6.0)
 
 
 def frame(rows: list[ResultRow]):
-    return load_results_from_table(rows_to_table(rows))
-
-
-def load_results_from_table(table):
-    return table.to_pandas()
+    return rows_to_table(rows).to_pandas()
 
 
 def test_average_row_is_hm_of_averages_not_mean_of_hms():
     # Dataset a: base 90, new 10 (HM 18); dataset b: base 10, new 90 (HM 18). Mean of HMs = 18,
     # HM of averages = HM(50, 50) = 50: the conventions differ by 32 points.
     table = summarise(frame([final("coop", "a", 1, 90.0, 10.0), final("coop", "b", 1, 10.0, 90.0)]))
-    average = table.set_index(["dataset", "method"]).loc[("average", "coop")]
+    average = table.set_index(["dataset", "variant"]).loc[("average", "coop")]
     assert average["base"] == pytest.approx(50.0) and average["new"] == pytest.approx(50.0)
     assert average["hm"] == pytest.approx(50.0)
     assert table["dataset"].iloc[-1] == "average"
@@ -58,12 +66,21 @@ def test_average_row_is_hm_of_averages_not_mean_of_hms():
 
 def test_std_over_seeds_and_failed_rows_excluded_but_counted():
     rows = [final("coop", "a", 1, 80.0, 40.0), final("coop", "a", 2, 90.0, 50.0), final("coop", "a", 3, 0, 0, True)]
-    row = summarise(frame(rows)).set_index(["dataset", "method"]).loc[("a", "coop")]
+    row = summarise(frame(rows)).set_index(["dataset", "variant"]).loc[("a", "coop")]
     assert row["base"] == pytest.approx(85.0) and row["new"] == pytest.approx(45.0)  # failed seed left out
     assert row["base_std"] == pytest.approx(math.sqrt(50.0))  # sample std (ddof=1) of 80, 90
     assert row["hm"] == pytest.approx(hm(85.0, 45.0))
     assert row["hm_std"] == pytest.approx(abs(hm(80, 40) - hm(90, 50)) / math.sqrt(2))
     assert row["n_seeds"] == 2 and row["n_failed"] == 1
+
+
+def test_average_std_is_the_spread_over_seeds_of_the_per_seed_average():
+    rows = [final("coop", d, s, 70.0 + s + i, 50.0 + 2 * s) for i, d in enumerate("ab") for s in (1, 2, 3)]
+    average = summarise(frame(rows)).set_index(["dataset", "variant"]).loc[("average", "coop")]
+    per_seed = [hm((70.0 + s + 70.0 + s + 1) / 2, 50.0 + 2 * s) for s in (1, 2, 3)]
+    mean = sum(per_seed) / 3
+    assert average["hm_std"] == pytest.approx(math.sqrt(sum((h - mean) ** 2 for h in per_seed) / 2))
+    assert average["base_std"] == pytest.approx(1.0)
 
 
 def test_one_seed_has_no_std_rather_than_zero():
@@ -74,21 +91,56 @@ def test_one_seed_has_no_std_rather_than_zero():
     assert "±" not in text and "80.00" in text
 
 
-def test_methods_side_by_side_and_best_search_trials():
-    rows = [final(m, d, 1, 70.0 + i, 60.0 + i) for i, m in enumerate(("zeroshot", "coop")) for d in ("a", "b")]
-    wide = side_by_side(summarise(frame(rows)))
-    assert list(wide.index) == ["a", "b", "average"]
-    assert wide[("coop", "base")].tolist() == [71.0, 71.0, 71.0]
-    trials = [search(i, 0.1 * (i + 1), 2 + i, "mix", 50.0 + i) for i in range(4)]
-    best = best_search_trials(frame(trials), k=2)
-    assert best["trial_id"].tolist() == ["s03", "s02"]
-    assert {"mi_weight", "n_ctx"} <= set(best.columns) and best["mi_weight"].iloc[0] == pytest.approx(0.4)
+def test_search_trials_average_folds_and_failed_jobs_count_zero():
+    rows = [search(1, 0.5, 4, "mix", 60.0, fold=0), search(1, 0.5, 4, "mix", 70.0, fold=1)]
+    failed = ResultRow("demo", "search", "s02", Config().replace(dataset="synthetic_a", mi_weight=2.0), fold=0,
+                       status="failed", error="RuntimeError: x")
+    trials = search_trials(frame(rows + [failed, search(2, 2.0, 4, "mix", 80.0, fold=1)])).set_index("trial_id")
+    assert trials.loc["s01", "objective"] == pytest.approx(65.0) and trials.loc["s01", "jobs"] == 2
+    assert trials.loc["s01", "objective_se"] == pytest.approx(math.sqrt(2 * 4.0**2) / 2)  # two independent jobs
+    assert trials.loc["s01", "n_val_pseudobase"] == 64
+    assert trials.loc["s02", "objective"] == pytest.approx(40.0) and not trials.loc["s02", "complete"]
+    best = best_search_trials(frame(rows + [failed, search(2, 2.0, 4, "mix", 80.0, fold=1)]), k=5)
+    assert best["trial_id"].tolist() == ["s01"]  # an incomplete trial is never chosen
+
+
+def test_objective_validity_pairs_each_searched_variant_with_its_trial():
+    rows = [search(i, 0.1 * (i + 1), 2 + i, "mix", 50.0 + i) for i in range(4)]
+    for variant, trial, base in (("best", "s03", 80.0), ("top2", "s02", 79.0), ("top3", "s01", 70.0),
+                                 ("defaults", "s00", 75.0)):
+        rows += [final(variant, d, s, base + s, 60.0, search_trial=trial) for d in "ab" for s in (1, 2)]
+    rows += [final("coop", d, s, 90.0, 40.0) for d in "ab" for s in (1, 2)]
+    table = objective_validity(frame(rows)).set_index("variant")
+    assert sorted(table.index) == ["best", "defaults", "top2", "top3"]  # baselines are not searched configs
+    assert table.loc["best", "objective"] == pytest.approx(53.0)
+    assert table.loc["best", "final"] == pytest.approx(hm(81.5, 60.0))
+    assert spearman(table["objective"], table["final"]) == pytest.approx(0.8)  # ranks 4,3,2,1 vs 4,3,1,2
+
+
+def test_transfer_and_few_shot_tables():
+    rows = []
+    for seed in (1, 2):
+        cfg = Config().replace(method="coop", dataset="src", seed=seed)
+        rows.append(ResultRow("x", "final", "t", cfg, protocol="cross_dataset", variant="coop",
+                              metrics={"acc_test": 70.0 + seed}))
+        for target, acc in (("t1", 50.0), ("t2", 60.0)):
+            rows.append(ResultRow("x", "final", "t", cfg.replace(dataset=target), protocol="cross_dataset",
+                                  variant="coop", source_dataset="src", steps=0, metrics={"acc_test": acc + seed}))
+    table = transfer_summary(frame(rows)).set_index(["variant", "dataset"])
+    assert table.loc[("coop", "src"), "role"] == "source" and table.loc[("coop", "t1"), "role"] == "target"
+    assert table.loc[("coop", "target average"), "acc"] == pytest.approx(56.5)
+    assert table.loc[("coop", "target average"), "acc_std"] == pytest.approx(math.sqrt(0.5))
+    shots = [ResultRow("x", "final", "f", Config().replace(method="coop", dataset=d, seed=1, shots=k),
+                       protocol="few_shot", variant="coop", metrics={"acc_test": 10.0 * k + i})
+             for i, d in enumerate("ab") for k in (1, 2)]
+    curve = few_shot_summary(frame(shots)).set_index(["dataset", "shots"])["acc"]
+    assert curve[("average", 1)] == pytest.approx(10.5) and curve[("average", 2)] == pytest.approx(20.5)
 
 
 def test_mixed_backbones_are_refused():
     rows = [final("coop", "a", 1, 80.0, 40.0),
             final("coop", "b", 1, 80.0, 40.0, backbone="ViT-B-16", pretrained="openai")]
-    with pytest.raises(ResultsError, match="mix backbones"):
+    with pytest.raises(TablesError, match="mix backbones"):
         summarise(frame(rows))
 
 
@@ -108,12 +160,13 @@ def sweep_dir(root, sweep: str = "demo"):
     for i in range(8):
         write_rows([search(i, 0.05 * 2 ** i, 2 + i, variants[i % 2], 40.0 + 3 * math.sin(i) + i)], folder,
                    f"search-{i:02d}.parquet")
-    for k, m in enumerate(("zeroshot", "coop", "kgcoop", "dualprompt")):
-        rows = [final(m, d, s, 60.0 + 5 * k + s, 70.0 - 4 * k + s + j) for j, d in enumerate(("synthetic_a",
-                "synthetic_b")) for s in (1, 2)]
-        if m == "coop":
-            rows.append(final(m, "synthetic_a", 3, 0, 0, failed=True))
-        write_rows(rows, folder, f"final-{m}.parquet")
+    links = {"best": "s07", "defaults": "s00", "top2": "s06"}
+    for k, v in enumerate(("zeroshot", "coop", "kgcoop", "defaults", "best", "top2")):
+        rows = [final(v, d, s, 60.0 + 5 * k + s, 70.0 - 4 * k + s + j, search_trial=links.get(v))
+                for j, d in enumerate(("synthetic_a", "synthetic_b")) for s in (1, 2)]
+        if v == "coop":
+            rows.append(final(v, "synthetic_a", 3, 0, 0, failed=True))
+        write_rows(rows, folder, f"final-{v}.parquet")
     (folder / "_ray").mkdir()  # the sweep's saved plan: declared bounds give Optuna the true distributions
     (folder / "_ray" / "sweep.json").write_text(json.dumps(
         {"bounds": {"mi_weight": [0.05, 10.0, "log"], "n_ctx": [2, 16, "int"]},
@@ -127,28 +180,30 @@ def report(*args: str):
 
 
 def test_report_command_writes_markdown_and_every_figure(tmp_path):
-    from dualprompt.report import FIGURES
     folder = sweep_dir(tmp_path)
     done = report(str(folder))
     assert done.returncode == 0, done.stderr
     out = folder / "_report"
     text = (out / "REPORT.md").read_text()
-    for name in FIGURES:
+    for name in ("tradeoff.png", "best_so_far.png", "objective_vs_params.png", "importance.png",
+                 "objective_validity.png"):
         assert (out / name).stat().st_size > 5000, name
         assert f"({name})" in text
     assert "**Average**" in text and "±" in text and "8 search trials (of 8 requested)" in text and "hm_val" in text
     assert "CoOp on synthetic_a: 1 failed" in text
     assert "quoted, not reproduced" not in text  # synthetic datasets get no published reference rows
-    assert "outside training" in text and "mi_weight in [0.05, 10] (log)" in text
-    assert "Importance: Optuna fANOVA importance" in text
+    assert "Spearman rank correlation" in text and "(n = 3)" in text
+    assert "What the search bought" in text and "Searched minus defaults" in text
+    assert "doing work" in text and "mi_weight in [0.05, 10] (log)" in text
+    assert "Importance: Optuna fANOVA importance" in text and "standard error of 4.00 points" in text
     assert "Best complete search trials" in text and "| s07 |" in text
     import pandas as pd
-    assert len(pd.read_parquet(folder)) == 8 + 4 * 4 + 1  # the report does not disturb plain pandas reads
+    assert len(pd.read_parquet(folder)) == 8 + 6 * 4 + 1  # the report does not disturb plain pandas reads
 
 
 def test_report_quotes_published_numbers_for_real_datasets(tmp_path):
     folder = tmp_path / "real"
-    write_rows([final(m, "dtd", 1, 70.0, 60.0) for m in ("coop", "dualprompt")], folder, "final-x.parquet")
+    write_rows([final(v, "dtd", 1, 70.0, 60.0) for v in ("coop", "best")], folder, "final-x.parquet")
     done = report(str(folder))
     assert done.returncode == 0, done.stderr
     text = (folder / "_report" / "REPORT.md").read_text()
@@ -167,11 +222,11 @@ def test_bad_inputs_exit_2_with_one_sentence(tmp_path):
     (tmp_path / "empty").mkdir()
     assert "No Parquet result files" in one_sentence_exit_2(report(str(tmp_path / "empty")))
 
-    old = tmp_path / "old"
-    old.mkdir()
+    newer = tmp_path / "newer"
+    newer.mkdir()
     table = rows_to_table([final("coop", "a", 1, 80.0, 40.0)])
-    pq.write_table(table.replace_schema_metadata({"dualprompt_schema_version": "0"}), old / "final-x.parquet")
-    assert "schema version 0" in one_sentence_exit_2(report(str(old)))
+    pq.write_table(table.replace_schema_metadata({"dualprompt_schema_version": "99"}), newer / "final-x.parquet")
+    assert "newer than this dualprompt reads" in one_sentence_exit_2(report(str(newer)))
 
     write_rows([final("coop", "a", 1, 80.0, 40.0)], tmp_path / "tiny", "final-x.parquet")
     write_rows([final("coop", "a", 1, 80.0, 40.0, sweep="big", backbone="ViT-B-16", pretrained="openai")],
@@ -184,10 +239,14 @@ README = Path(__file__).resolve().parent.parent / "results" / "README.md"
 EXAMPLE = README.parent / "base2new" / "example"
 
 
-def test_results_readme_documents_every_column():
-    from dualprompt.results import SCHEMA
+def test_results_readme_documents_every_column_the_config_does_not():
+    # Configuration columns follow Config (documented where each field is declared, dualprompt/config.py),
+    # so a new field needs no README edit; every other column is the results' own and must be described.
+    from dualprompt.config import FIELD_TYPE
+    from dualprompt.results import LEADING_CONFIG, SCHEMA
     text = README.read_text()
-    assert [n for n in SCHEMA.names if f"| `{n}` |" not in text] == []
+    own = [n for n in SCHEMA.names if n not in FIELD_TYPE or n in LEADING_CONFIG]
+    assert [n for n in own if f"| `{n}` |" not in text] == []
     assert "python sweeps/base2new.py --num-samples 64 --name example" in text
 
 

@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 import math
+import platform
+import socket
+import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
+import dualprompt.results as results_module
 from dualprompt.config import Config
-from dualprompt.results import (FINAL_METRICS, KEY_COLUMNS, SCHEMA, SCHEMA_VERSION, SEARCH_METRICS, ResultRow,
-                                ResultsError, check_writable, final_table, format_final_table, provenance,
-                                read_results, rows_to_table, write_rows)
+from dualprompt.protocols import get_protocol
+from dualprompt.results import (
+    KEY_COLUMNS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    ResultRow,
+    ResultsError,
+    read_results,
+    rows_to_table,
+    write_rows,
+)
+from dualprompt.storage import StorageError, check_writable
+
+SEARCH_METRICS = get_protocol("base2new").search.metric_columns
+FINAL_METRICS = get_protocol("base2new").final.metric_columns
 
 REQUIRED = (
     "schema_version", "sweep", "stage", "trial_id", "method", "dataset", "seed", "shots", "backbone", "pretrained",
@@ -23,43 +41,44 @@ REQUIRED = (
 )
 
 
-# The columns of each schema version. When this test fails, the rows changed shape (usually a Config field
-# was added, renamed or removed): bump SCHEMA_VERSION in dualprompt/results.py and pin the new list here.
+# The non-configuration columns of each schema version (configuration columns follow Config and need no bump).
+# When this test fails, bump SCHEMA_VERSION in dualprompt/results.py, add the migration from the previous
+# version to MIGRATIONS, and pin the new list here.
 COLUMNS_OF_VERSION = {
-    1: (
-        "schema_version", "sweep", "stage", "trial_id", "method", "dataset", "seed", "shots", "backbone", "pretrained",
-        "status", "error", "precision", "text_chunk_size", "checkpoint_text", "n_ctx", "ctx_init", "template",
-        "template_ensemble", "mi_weight", "mi_temperature", "kg_weight", "aug_weight", "aug_strength", "aug_variant",
-        "data_root", "sampling", "n_views", "use_feature_cache", "cache_dir", "crop_scale_min", "epochs", "batch_size",
-        "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "acc_val_pseudobase", "acc_val_pseudonew",
-        "hm_val", "acc_test_base", "acc_test_new", "hm_test", "n_train_classes", "n_train_images", "steps",
-        "final_loss", "loss_terms_json", "ray_startup_s", "backbone_load_s", "feature_s", "train_s", "eval_s",
-        "wall_s", "trial_wall_s", "peak_rss_bytes", "peak_cuda_bytes", "device", "world_size", "restarts",
-        "config_json", "git_commit", "git_dirty", "torch_version", "open_clip_version", "ray_version",
+    2: (
+        "schema_version", "sweep", "protocol", "stage", "trial_id", "variant", "method", "dataset", "seed", "shots",
+        "backbone", "pretrained", "source_dataset", "fold", "search_trial_id", "status", "error",
+        "acc_val_pseudobase", "acc_val_pseudonew", "hm_val", "acc_test_base", "acc_test_new", "hm_test", "acc_test",
+        "acc_val", "n_val_pseudobase", "n_val_pseudonew", "n_test_base", "n_test_new", "n_test", "n_val",
+        "hm_val_se", "hm_test_se", "acc_test_se", "acc_val_se", "n_train_classes", "n_train_images", "steps",
+        "final_loss", "loss_terms_json", "prompt_file", "ray_startup_s", "backbone_load_s", "feature_s", "train_s",
+        "eval_s", "wall_s", "trial_wall_s", "peak_rss_bytes", "peak_cuda_bytes", "device", "world_size",
+        "restarts", "config_json", "git_commit", "git_dirty", "torch_version", "open_clip_version", "ray_version",
         "optuna_version", "dualprompt_version", "python_version", "host", "finished_at",
     ),
 }
 
 
 def test_schema_version_is_bumped_when_the_columns_change():
+    from dualprompt.config import FIELD_TYPE
+    from dualprompt.results import LEADING_CONFIG, MIGRATIONS
+
     pinned = COLUMNS_OF_VERSION.get(SCHEMA_VERSION, ())
-    added = [n for n in SCHEMA.names if n not in pinned]
-    removed = [n for n in pinned if n not in SCHEMA.names]
-    assert tuple(SCHEMA.names) == pinned, (
+    names = tuple(n for n in SCHEMA.names if n not in FIELD_TYPE or n in LEADING_CONFIG)
+    added, removed = [n for n in names if n not in pinned], [n for n in pinned if n not in names]
+    assert names == pinned, (
         f"Result columns changed (added {added}, removed {removed}) under SCHEMA_VERSION {SCHEMA_VERSION}: "
-        "bump it in dualprompt/results.py and pin the new list in COLUMNS_OF_VERSION."
+        "bump it in dualprompt/results.py, add a migration and pin the new list in COLUMNS_OF_VERSION."
     )
+    assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION))  # every older version can be read
 
 
 def search_row(trial: str = "t1", seed: int = 1, **kw) -> ResultRow:
     metrics = {"acc_val_pseudobase": 80.0, "acc_val_pseudonew": 60.0, "hm_val": 68.57}
-    return ResultRow("demo", "search", trial, Config().replace(seed=seed), metrics=metrics, train_s=1.5, **kw)
+    return ResultRow("demo", "search", trial, Config().replace(seed=seed), metrics=metrics, train_s=1.5, eval_s=0.5,
+                     **kw)
 
 
-def final_row(method: str, dataset: str, seed: int, base: float, new: float) -> ResultRow:
-    cfg = Config().replace(method=method, dataset=dataset, seed=seed)
-    metrics = {"acc_test_base": base, "acc_test_new": new, "hm_test": 2 * base * new / (base + new)}
-    return ResultRow("demo", "final", f"f-{method}", cfg, metrics=metrics)
 
 
 def test_schema_has_required_columns_and_every_config_field():
@@ -75,7 +94,11 @@ def test_row_to_dict_matches_schema_and_carries_provenance():
     assert set(row) == set(SCHEMA.names)
     assert row["schema_version"] == SCHEMA_VERSION and row["status"] == "ok" and row["error"] is None
     assert row["acc_test_base"] is None  # a search row has no test metrics
-    assert row["git_commit"] and row["torch_version"] and row["host"] == provenance()["host"]
+    checkout = Path(results_module.__file__).resolve().parent.parent
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True)
+    assert row["git_commit"] == (head.stdout.strip() if head.returncode == 0 else "unknown")
+    assert torch.__version__.startswith(row["torch_version"])  # the distribution's version, e.g. 2.3.1 of 2.3.1+cpu
+    assert row["host"] == socket.gethostname() and row["python_version"] == platform.python_version()
 
 
 def test_write_then_read_round_trips(tmp_path):
@@ -130,12 +153,15 @@ def test_duplicate_keys_and_empty_rows_are_rejected():
         rows_to_table([search_row(), search_row()])
     with pytest.raises(ResultsError, match="No result rows"):
         rows_to_table([])
-    assert KEY_COLUMNS == ("stage", "trial_id", "method", "dataset", "seed")
+    assert KEY_COLUMNS == ("stage", "trial_id", "source_dataset", "dataset", "seed", "shots", "fold")
+    rows_to_table([search_row(), search_row(fold=1)])  # the two folds of one search job are two rows
 
 
 def test_unknown_metric_is_rejected():
     with pytest.raises(ResultsError, match="acc_test_all"):
         ResultRow("demo", "final", "t", Config(), metrics={"acc_test_all": 3.0}).to_dict()
+    with pytest.raises(ResultsError, match="n_test_all"):
+        ResultRow("demo", "final", "t", Config(), counts={"n_test_all": 3}).to_dict()
 
 
 def test_read_ignores_hidden_files_and_ray_state(tmp_path):
@@ -152,46 +178,24 @@ def test_read_errors_are_one_clear_sentence(tmp_path):
         read_results(tmp_path)
     with pytest.raises(ResultsError, match="No Parquet result files"):
         read_results(tmp_path / "missing")
-    old = rows_to_table([search_row()]).replace_schema_metadata({"dualprompt_schema_version": "0"})
-    pq.write_table(old, tmp_path / "search-old.parquet")
-    with pytest.raises(ResultsError, match="schema version 0"):
-        read_results(tmp_path)
-    (tmp_path / "search-old.parquet").unlink()
     pq.write_table(pa.table({"x": [1]}), tmp_path / "other.parquet")
     with pytest.raises(ResultsError, match="no dualprompt schema"):
         read_results(tmp_path)
 
 
-def test_column_drift_within_a_version_is_an_error_unless_lenient(tmp_path):
+def test_a_file_missing_columns_of_its_version_reads_with_defaults_and_nulls(tmp_path):
     table = rows_to_table([search_row()])
-    pq.write_table(table.drop_columns(["template"]), tmp_path / "search-old.parquet")
+    pq.write_table(table.drop_columns(["template", "eval_s"]), tmp_path / "search-old.parquet")
     write_rows([search_row(trial="t2")], tmp_path, "search-t2.parquet")
-    with pytest.raises(ResultsError, match="missing template"):
-        read_results(tmp_path)
-    frame = read_results(tmp_path, strict=False)
-    assert len(frame) == 2 and frame["template"].isna().sum() == 1
+    frame = read_results(tmp_path)
+    assert len(frame) == 2 and list(frame.columns) == SCHEMA.names
+    assert (frame["template"] == Config().prompt.template).all()  # a Config field: its default
+    assert frame["eval_s"].isna().sum() == 1  # a measurement: unknown, so null
 
 
 def test_check_writable(tmp_path):
     check_writable(tmp_path / "new" / "deeper")
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(ResultsError, match="Cannot write results"):
+    with pytest.raises(StorageError, match="Cannot write results"):
         check_writable(blocker / "sub")
-
-
-def test_final_table_average_is_hm_of_averaged_base_and_new():
-    rows = [
-        final_row("coop", "a", 1, 80.0, 40.0), final_row("coop", "a", 2, 90.0, 50.0),
-        final_row("coop", "b", 1, 60.0, 70.0), final_row("coop", "b", 2, 60.0, 70.0),
-        final_row("zeroshot", "a", 1, 70.0, 75.0), final_row("zeroshot", "b", 1, 65.0, 72.0),
-    ]
-    frame = rows_to_table(rows).to_pandas()
-    table = final_table(frame).set_index(["dataset", "method"])
-    assert table.loc[("a", "coop"), "base"] == pytest.approx(85.0)
-    assert table.loc[("a", "coop"), "hm"] == pytest.approx(2 * 85 * 45 / 130)
-    base, new = (85.0 + 60.0) / 2, (45.0 + 70.0) / 2
-    assert table.loc[("average", "coop"), "hm"] == pytest.approx(2 * base * new / (base + new))
-    assert list(final_table(frame)["dataset"])[-1] == "average"
-    text = format_final_table(final_table(frame))
-    assert "average" in text and "zeroshot" in text

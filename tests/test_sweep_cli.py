@@ -50,6 +50,10 @@ def run_cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
         (["--gpus-per-trial", "1", "--workers-per-trial", "2"], "fraction of a GPU"),
         (["--workers-per-trial", "0"], "--workers-per-trial must be at least 1"),
         (["--stage", "final"], "--stage final needs the search rows"),
+        (["--folds", "3"], "--folds must be 1 or 2"),
+        (["--shots", "4,8"], "--shots takes one value for base2new"),
+        (["--validate-top", "-1"], "--validate-top must be at least 0"),
+        (["--datasets", "synthetic_source_a"], "test-only dataset and cannot be trained on"),
     ],
 )
 def test_bad_input_is_one_sentence_exit_2_and_no_ray(args, words, tmp_path):
@@ -72,12 +76,23 @@ def test_bad_input_is_one_sentence_exit_2_and_no_ray(args, words, tmp_path):
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.parquet"))
 
 
+XD_SCRIPT = SCRIPT.parent / "cross_dataset.py"
+
+
+def test_target_datasets_are_checked_before_ray(tmp_path):
+    env = {**os.environ, "DUALPROMPT_DATA_ROOT": str(tmp_path / "data")}
+    done = subprocess.run([sys.executable, "-c", WRAPPER, str(XD_SCRIPT), "--targets", "dtd", "--storage-path",
+                           str(tmp_path / "results")], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "Dataset dtd is not usable" in done.stderr, done.stderr
+    assert "RAY_IMPORTED=False" in done.stdout
+
+
 def test_help_explains_every_option_in_one_line(tmp_path):
     result = run_cli(["--help"], tmp_path)
     assert result.returncode == 0
     for flag in ("--num-samples", "--datasets", "--seeds", "--data-root", "--backbone", "--pretrained", "--name",
                  "--storage-path", "--gpus-per-trial", "--workers-per-trial", "--max-concurrent", "--epochs",
-                 "--set", "--stage", "--smoke"):
+                 "--set", "--stage", "--smoke", "--folds", "--validate-top", "--ablations", "--search-seeds"):
         assert flag in result.stdout, flag
     assert "RAY_IMPORTED=False" in result.stdout
 

@@ -1,13 +1,14 @@
-"""The sweep on a real local Ray (2 CPUs is enough): both stages, an injected worker crash, SIGINT and resume.
+"""The sweep on a real local Ray (2 CPUs is enough), on its cluster path: each job data-parallel on a Ray Train
+worker group of 2, an injected worker crash, SIGINT and resume.
 
 Each test runs the real entry point, `python sweeps/base2new.py --smoke ...`, as a subprocess with a private
 data root, feature cache and storage folder. Random backbone weights keep the test independent of the
 offline world's checkpoint: the sweep machinery, not accuracy, is under test. About 5 minutes on 2 CPUs.
+The single-process path and the other protocols are tested in test_sweep_protocols.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -20,20 +21,17 @@ import pandas as pd
 import pytest
 
 from dualprompt.config import Config
-from dualprompt.results import FINAL_METRICS, KEY_COLUMNS, SEARCH_METRICS, read_results
+from dualprompt.protocols import get_protocol
+from dualprompt.results import KEY_COLUMNS, read_results
+from dualprompt.search_space import DUAL_VIEW
+from dualprompt.sweep_cli import offline_training
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 SCRIPT = Path(__file__).resolve().parent.parent / "sweeps" / "base2new.py"
 SMOKE = ["--smoke", "--pretrained", "random"]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("base2new", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+SEARCH_METRICS = get_protocol("base2new").search.metric_columns
+FINAL_METRICS = get_protocol("base2new").final.metric_columns
 
 
 def sweep_env(root: Path, **extra: str) -> dict[str, str]:
@@ -57,12 +55,12 @@ def sweep(args: list[str], env: dict[str, str], timeout: float) -> subprocess.Co
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """One shared sweep: 2 search trials x 1 job, 4 final trials x 3 seeds, each job data-parallel on 2 Train
-    workers, and one worker crash injected after a trial's first job."""
+    """One shared sweep: 2 search trials x 1 job, 5 final trials (best, defaults, 3 baselines) x 3 seeds, each job
+    data-parallel on 2 Train workers, and one worker crash injected after a trial's first job."""
     root = tmp_path_factory.mktemp("smoke")
     marker = root / "fault-marker"
-    args = [*SMOKE, "--seeds", "1,2,3", "--workers-per-trial", "2", "--storage-path", str(root / "results"),
-            "--name", "smoke"]
+    args = [*SMOKE, "--seeds", "1,2,3", "--workers-per-trial", "2", "--validate-top", "0", "--storage-path",
+            str(root / "results"), "--name", "smoke"]
     started = time.monotonic()
     result = sweep(args, sweep_env(root, DUALPROMPT_FAULT_ONCE=str(marker)), timeout=500)
     return {"root": root, "args": args, "result": result, "rows": read_results(root / "results" / "smoke"),
@@ -74,8 +72,8 @@ def test_both_stages_write_complete_rows_in_range(smoke):
     rows = smoke["rows"]
     search, final = rows[rows["stage"] == "search"], rows[rows["stage"] == "final"]
     assert len(search) == 2 and search["trial_id"].nunique() == 2  # 2 trials x 1 dataset x 1 search seed
-    assert len(final) == 12  # (best + 3 baselines) x 1 dataset x 3 seeds
-    assert sorted(final["method"].unique()) == ["coop", "dualprompt", "kgcoop", "zeroshot"]
+    assert len(final) == 15  # (best + defaults + 3 baselines) x 1 dataset x 3 seeds
+    assert sorted(final["variant"].unique()) == ["best", "coop", "defaults", "kgcoop", "zeroshot"]
     assert set(search["method"]) == {"dualprompt"} and sorted(final["seed"].unique()) == [1, 2, 3]
     assert (rows["world_size"] == 2).all()
     assert (rows["status"] == "ok").all(), rows.loc[rows["status"] != "ok", "error"].tolist()
@@ -94,15 +92,15 @@ def test_both_stages_write_complete_rows_in_range(smoke):
 
 @pytest.mark.timeout(60)
 def test_defaults_first_and_best_configuration_in_final(smoke):
-    rows, script = smoke["rows"], load_script()
-    searched = [*script.SEARCH_SPACE, *script.SEARCH_CHOICES]
-    defaults = Config().replace(**script.OFFLINE_DEFAULTS).to_flat()
+    rows = smoke["rows"]
+    searched = DUAL_VIEW.names()
+    defaults = Config().replace(**offline_training()).to_flat()
     search = rows[rows["stage"] == "search"]
     assert any(all(row[k] == defaults[k] for k in searched) for _, row in search.iterrows())
     objective = search.groupby("trial_id")["hm_val"].mean()
     # With a random backbone two trials can tie; the final stage may take any trial at the maximum.
     best = search[search["trial_id"].isin(objective[objective == objective.max()].index)]
-    chosen = rows[(rows["stage"] == "final") & (rows["method"] == "dualprompt")]
+    chosen = rows[(rows["stage"] == "final") & (rows["variant"] == "best")]
     assert chosen[searched].drop_duplicates().shape[0] == 1
     chosen_config = chosen[searched].iloc[0].tolist()
     assert any(row[searched].tolist() == chosen_config for _, row in best.iterrows()), chosen_config
@@ -124,9 +122,9 @@ def test_crashed_worker_resumes_from_its_checkpoint(smoke):
 def test_output_has_progress_table_and_where_the_files_are(smoke):
     out = smoke["result"].stdout
     assert "Trial status:" in out  # Tune's status table
-    assert out.count("[search] trial ") == 2 and out.count("[final] trial ") == 4
-    assert "Final base-to-new table" in out and "average" in out and "dualprompt" in out
-    assert str(smoke["root"] / "results" / "smoke") in out and "Ray start-up" in out
+    assert out.count("[search] trial ") == 2 and out.count("[final] trial ") == 5
+    assert "Final base-to-new table" in out and "average" in out and "Dual-view, searched" in out
+    assert str(smoke["root"] / "results" / "smoke") in out and "Ray start-up" in out and "doing work" in out
 
 
 @pytest.mark.timeout(120)
@@ -169,3 +167,23 @@ def test_interrupted_sweep_resumes_without_lost_or_duplicate_rows(tmp_path):
     assert len(rows) == samples  # what an uninterrupted run writes: num_samples trials x 1 job
     assert rows["trial_id"].nunique() == samples and not rows.duplicated(list(KEY_COLUMNS)).any()
     assert (rows["status"] == "ok").all()
+
+
+@pytest.mark.timeout(60)
+def test_rays_unactionable_error_lines_stay_off_the_terminal(smoke):
+    out = smoke["result"].stdout + smoke["result"].stderr
+    assert "has constructor arguments in the object store" not in out  # Train's preemption-watcher line
+
+
+def test_the_quiet_stream_drops_only_the_noise():
+    import io
+
+    from dualprompt.sweep import QuietRayStream
+
+    sink = io.StringIO()
+    stream = QuietRayStream(sink)
+    print("(TrainController pid=1) E core_worker.cc: Actor PreemptionWatcher has constructor arguments in the "
+          "object store and max_restarts > 0.", file=stream)
+    print("(train_driver pid=2) Traceback (most recent call last): RuntimeError: a real error", file=stream)
+    print("", file=stream)
+    assert sink.getvalue() == "(train_driver pid=2) Traceback (most recent call last): RuntimeError: a real error\n\n"

@@ -29,7 +29,7 @@ def test_cached_and_uncached_training_give_the_same_losses(tiny_clip, isolated_d
     experiment = Experiment(tiny_clip)
     cached = experiment.run(cfg, "search")
     uncached = experiment.run(cfg.replace(use_feature_cache=False), "search")
-    for a, b in zip(cached.loss_terms_by_epoch, uncached.loss_terms_by_epoch):
+    for a, b in zip(cached.loss_terms_by_epoch, uncached.loss_terms_by_epoch, strict=True):
         for name in a:
             assert a[name] == pytest.approx(b[name], rel=1e-5, abs=1e-6), name  # float32 round-off only
     assert cached.metrics == pytest.approx(uncached.metrics)

@@ -1,10 +1,12 @@
-"""The offline world: renderer, tokenizer, class layout, synthetic datasets, committed tiny CLIP."""
+"""The offline world: renderer, tokenizer, class layouts through the protocol's own rules, synthetic datasets
+(counts, determinism, test-only targets), the committed tiny CLIP, and the world check command."""
 
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,27 +14,48 @@ import pytest
 import torch
 
 from dualprompt import world
+from dualprompt.data.readers import load_dataset
+from dualprompt.data.sampling import pseudo_split, sample_few_shot, subsample_classes
 from dualprompt.data.synthetic import (
-    CLASSNAMES,
+    BASE_TO_NEW_DATASETS,
+    CROSS_DATASET,
+    DATASETS,
+    DOMAIN_GENERALISATION,
     MARKER_FILE,
+    OFFLINE_TRAINING,
+    SOURCE_DATASET,
     SYNTHETIC_SPECS,
     is_materialised,
     materialise,
 )
-from dualprompt.world.render import IMAGE_SIZE, render
-from dualprompt.world.vocab import (
-    BASE_CLASSES,
-    HELD_OUT_COMBOS,
-    NEW_CLASSES,
-    PRETRAIN_COMBOS,
-    SHAPES,
-    STYLES,
-    classname,
-)
+from dualprompt.data.types import DatasetSplits
+from dualprompt.world.render import IMAGE_SIZE, Variation, render
+from dualprompt.world.vocab import COLOURS, PRETRAIN_COMBOS, SHAPES, STYLES, base_to_new_layout
+
+REPO = Path(__file__).resolve().parent.parent
 
 # The recorded accuracies were measured by the same code on the same files; only floating-point
-# summation order (thread count) can differ, which may flip a prediction or two out of 1,000.
+# summation order (thread count) can differ, which may flip a prediction or two out of 1,600.
 ACCURACY_TOLERANCE_POINTS = 1.0
+
+# What docs/offline-world.md documents: classes, then train / val / test images (None: no such split).
+DOCUMENTED_COUNTS: dict[str, tuple[int, int | None, int | None, int]] = {
+    **{name: (36, 1_152, 288, 3_600) for name in BASE_TO_NEW_DATASETS},
+    "synthetic_source": (60, 1_920, 480, 6_000),
+    "synthetic_source_v2": (60, None, None, 6_000),
+    "synthetic_source_sketch": (60, None, None, 6_000),
+    "synthetic_source_a": (12, None, None, 2_400),
+    "synthetic_source_r": (12, None, None, 2_400),
+}
+
+
+def _words(classnames) -> set[str]:
+    return {word for name in classnames for word in name.split()}
+
+
+def _splits_of(name: str) -> DatasetSplits:
+    """A dataset with its declared classes and no images: enough for the protocol's class rules."""
+    return DatasetSplits(name, DATASETS[name].classnames, (), (), ())
 
 
 # --- renderer -----------------------------------------------------------------------------------
@@ -54,6 +77,22 @@ def test_every_shape_renders_in_every_style(style):
         pixels = np.asarray(render("blue", shape, style, rng), dtype=np.float32)
         assert pixels.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
         assert pixels.std() > 5.0, f"{shape} in {style} style is blank"
+
+
+def test_variation_shifts_the_image_distribution():
+    """A hard variation (small, noisy, faded) gives lower-contrast, noisier images than the default."""
+    def stats(variation):
+        rng = np.random.default_rng(3)
+        images = [np.asarray(render("black", "square", "photo", rng, variation), dtype=np.float32) for _ in range(40)]
+        blocks = [image.reshape(8, 4, 8, 4, 3).mean(axis=(1, 3)) for image in images]  # 4x4 means: noise averages out
+        contrast = np.mean([np.abs(block - block.mean()).mean() for block in blocks])
+        roughness = np.mean([np.abs(np.diff(image, axis=1)).mean() for image in images])
+        return contrast, roughness
+
+    default_contrast, default_roughness = stats(Variation())
+    hard_contrast, hard_roughness = stats(DATASETS["synthetic_source_a"].variation)
+    assert hard_contrast < 0.8 * default_contrast
+    assert hard_roughness > 1.5 * default_roughness
 
 
 def test_render_rejects_unknown_attribute():
@@ -98,37 +137,124 @@ def test_longest_soft_prompt_and_templates_fit_the_context():
     config = json.loads(world.CONFIG_PATH.read_text())
     assert config["text_cfg"]["vocab_size"] == tokenizer.vocab_size
     assert config["text_cfg"]["context_length"] == tokenizer.context_length
-    longest = max(CLASSNAMES, key=lambda name: len(name.split()))
-    tokenizer("x " * 16 + f"{longest}.")  # a 16-token soft prompt, the class, ".", SOT, EOT
-    for spec in SYNTHETIC_SPECS.values():
-        tokenizer([spec.template.format(name) for name in CLASSNAMES])
+    for name, spec in SYNTHETIC_SPECS.items():
+        classnames = DATASETS[name].classnames
+        tokenizer([spec.template.format(c) for c in classnames])
+        longest = max(classnames, key=lambda c: len(c.split()))
+        tokenizer("x " * 16 + f"{longest}.")  # a 16-token soft prompt, the class, ".", SOT, EOT
 
 
-# --- class layout -------------------------------------------------------------------------------
+# --- class layouts, through the protocol's own rules ------------------------------------------------
 
 
-def test_base_and_new_class_names_share_no_word():
-    base_words = {word for c, s in BASE_CLASSES for word in classname(c, s).split()}
-    new_words = {word for c, s in NEW_CLASSES for word in classname(c, s).split()}
-    assert not base_words & new_words
+@pytest.mark.parametrize("name", BASE_TO_NEW_DATASETS)
+def test_base_and_new_share_no_word_and_nor_do_pseudo_base_and_pseudo_new(name):
+    splits = _splits_of(name)
+    base, new = subsample_classes(splits, "base"), subsample_classes(splits, "new")
+    pseudo_base, pseudo_new = pseudo_split(base)
+    assert (len(splits.classnames), len(base.classnames), len(new.classnames)) == (36, 18, 18)
+    assert (len(pseudo_base.classnames), len(pseudo_new.classnames)) == (9, 9)
+    assert not _words(base.classnames) & _words(new.classnames)
+    assert not _words(pseudo_base.classnames) & _words(pseudo_new.classnames)
+    # The swapped fold (pseudo-new trained, pseudo-base held out) is the same kind of split.
+    swapped_base, swapped_new = pseudo_split(base, fold=1)
+    assert swapped_base.classnames == pseudo_new.classnames and swapped_new.classnames == pseudo_base.classnames
+    # Every colour and shape is used, each in exactly one block; base and new are made alike (two blocks).
+    assert _words(base.classnames) | _words(new.classnames) == set(COLOURS) | set(SHAPES)
+    assert len(_words(base.classnames)) == len(_words(new.classnames)) == 12
 
 
-def test_new_classes_are_exactly_the_pairs_held_out_of_pretraining():
-    assert set(NEW_CLASSES) == HELD_OUT_COMBOS
-    assert not HELD_OUT_COMBOS & set(PRETRAIN_COMBOS)
-    assert set(BASE_CLASSES) <= set(PRETRAIN_COMBOS)
-    assert len(PRETRAIN_COMBOS) + len(HELD_OUT_COMBOS) == 100
+@pytest.mark.parametrize("name", BASE_TO_NEW_DATASETS)
+def test_no_single_word_names_a_class_inside_a_part(name):
+    splits = _splits_of(name)
+    base = subsample_classes(splits, "base")
+    for part in (*pseudo_split(base), subsample_classes(splits, "new")):
+        for word in _words(part.classnames):
+            assert sum(word in name.split() for name in part.classnames) >= 3, (name, word)
+        assert len(set(part.classnames)) == len(part.classnames)
 
 
-def test_datasets_put_base_classes_first_in_label_order():
-    for spec in SYNTHETIC_SPECS.values():
-        n_base = math.ceil(spec.n_classes / 2)
-        assert spec.n_classes == len(CLASSNAMES) and spec.synthetic and spec.reader == "split_json"
-        assert CLASSNAMES[:n_base] == tuple(classname(c, s) for c, s in BASE_CLASSES)
-        assert CLASSNAMES[n_base:] == tuple(classname(c, s) for c, s in NEW_CLASSES)
+def test_each_dataset_draws_its_own_grouping_and_it_is_stable():
+    groupings = {name: tuple(frozenset(block.words) for block in base_to_new_layout(name)) for name in
+                 BASE_TO_NEW_DATASETS}
+    assert len(set(groupings.values())) == len(BASE_TO_NEW_DATASETS)
+    # Pinned: a pure function of the name (SHA-256), the same on every machine and Python version.
+    a, b, c, d = base_to_new_layout("synthetic_blurry")
+    assert (a.colours, a.shapes) == (("blue", "brown", "pink"), ("triangle", "ring", "moon"))
+    assert (set(d.colours), set(d.shapes)) == ({"green", "black", "red"}, {"star", "hexagon", "cross"})
 
 
-# --- materialise --------------------------------------------------------------------------------
+def test_pretraining_sees_every_class_in_every_style():
+    from dualprompt.world.pretrain import caption_batch
+
+    assert len(PRETRAIN_COMBOS) == len(COLOURS) * len(SHAPES)
+    images, captions = caption_batch(np.random.default_rng(0), 1500)
+    seen = {tuple(caption.removesuffix(".").split()[-2:]) for caption in captions}
+    assert seen == set(PRETRAIN_COMBOS)
+    for name in BASE_TO_NEW_DATASETS:  # every benchmark class, base and new, is a pretraining pair
+        assert set(DATASETS[name].classes) <= set(PRETRAIN_COMBOS)
+
+
+def test_protocol_miniatures_are_declared_as_data():
+    source = DATASETS[SOURCE_DATASET]
+    assert CROSS_DATASET["source"] == DOMAIN_GENERALISATION["source"] == SOURCE_DATASET
+    assert source.styles == ("photo",) and not source.test_only
+    # Cross-dataset: every target has classes the source never trained on, in a style it never saw.
+    for target in CROSS_DATASET["targets"]:
+        assert set(DATASETS[target].classes) - set(source.classes)
+        assert "photo" not in DATASETS[target].styles
+    # Domain generalisation: the source's classes (or a subset) in other renderings, test only.
+    for target in DOMAIN_GENERALISATION["targets"]:
+        spec, dataset = SYNTHETIC_SPECS[target], DATASETS[target]
+        assert spec.test_only and dataset.test_only
+        assert set(dataset.classes) <= set(source.classes)
+        order = [source.classes.index(pair) for pair in dataset.classes]
+        assert order == sorted(order)  # subsets keep the source's label order, as ImageNet-A/-R
+    assert len(DATASETS["synthetic_source_a"].classes) == len(DATASETS["synthetic_source_r"].classes) == 12
+    assert set(OFFLINE_TRAINING) == {"epochs", "batch_size", "shots"}
+    assert OFFLINE_TRAINING["shots"] <= DATASETS[BASE_TO_NEW_DATASETS[0]].images_per_class["train"]
+
+
+# --- datasets: counts, determinism, materialisation ----------------------------------------------
+
+
+def test_every_synthetic_dataset_is_declared_with_the_documented_counts():
+    assert set(SYNTHETIC_SPECS) == set(DOCUMENTED_COUNTS)
+    for name, (n_classes, n_train, n_val, n_test) in DOCUMENTED_COUNTS.items():
+        spec = SYNTHETIC_SPECS[name]
+        assert (spec.n_classes, *spec.expected_counts) == (n_classes, n_train, n_val, n_test), name
+        assert spec.synthetic and spec.reader == "split_json" and spec.template == "a photo of a {}."
+
+
+def _check_reads_with_documented_counts(name: str, root: Path) -> DatasetSplits:
+    n_classes, n_train, n_val, n_test = DOCUMENTED_COUNTS[name]
+    splits = load_dataset(name, root)  # materialises on first use, then the project's reader reads it
+    assert len(splits.classnames) == n_classes and splits.classnames == DATASETS[name].classnames
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (n_train or 0, n_val or 0, n_test)
+    for split in (splits.train, splits.val, splits.test):
+        labels = [item.label for item in split]
+        if labels:
+            assert sorted(set(labels)) == list(range(n_classes))
+            assert len(set(np.bincount(labels))) == 1  # the same number of images in every class
+    return splits
+
+
+@pytest.mark.parametrize("name", ["synthetic_faded", "synthetic_source_r"])
+def test_materialised_datasets_read_with_the_documented_counts(isolated_dirs, name):
+    splits = _check_reads_with_documented_counts(name, isolated_dirs / "data")
+    if SYNTHETIC_SPECS[name].test_only:
+        with pytest.raises(Exception, match="test-only"):
+            sample_few_shot(splits, 16, 1)
+    else:
+        few = sample_few_shot(splits, OFFLINE_TRAINING["shots"], seed=1)
+        assert len(few.train) == OFFLINE_TRAINING["shots"] * len(splits.classnames)
+        assert len(few.val) == min(OFFLINE_TRAINING["shots"], 4) * len(splits.classnames)
+
+
+@pytest.mark.slow
+def test_every_materialised_dataset_reads_with_the_documented_counts(tmp_path):
+    for name in DOCUMENTED_COUNTS:
+        _check_reads_with_documented_counts(name, tmp_path)
 
 
 def _read_split(root: Path, name: str) -> dict:
@@ -136,38 +262,35 @@ def _read_split(root: Path, name: str) -> dict:
     return json.loads((root / spec.folder / spec.split_file).read_text())
 
 
-def test_materialise_writes_the_expected_split_and_is_idempotent(tmp_path):
-    name = "synthetic_blurry"
+def test_materialise_is_idempotent(tmp_path):
+    name = "synthetic_source_a"
     spec = SYNTHETIC_SPECS[name]
     materialise(name, tmp_path)
     marker = tmp_path / spec.folder / MARKER_FILE
     built_at = marker.stat().st_mtime_ns
-    splits = _read_split(tmp_path, name)
-    counts = tuple(len(splits[split]) for split in ("train", "val", "test"))
-    assert counts == spec.expected_counts
-    relpath, label, name_of_class = splits["train"][0]
-    assert (tmp_path / spec.folder / spec.image_dir / relpath).is_file()
-    assert name_of_class == CLASSNAMES[label]
     materialise(name, tmp_path)
     assert marker.stat().st_mtime_ns == built_at  # reused, not rebuilt
     assert [p.name for p in tmp_path.iterdir()] == [spec.folder]  # no staging leftovers
 
 
-def test_materialise_is_deterministic_across_roots(tmp_path):
-    name = "synthetic_sketch"
+@pytest.mark.parametrize("name", [pytest.param("synthetic_sketch", marks=pytest.mark.slow), "synthetic_source_r"])
+def test_materialise_is_deterministic_across_roots(tmp_path, name):
     materialise(name, tmp_path / "a")
     materialise(name, tmp_path / "b")
-    relpath = _read_split(tmp_path / "a", name)["test"][-1][0]
+    first, second = _read_split(tmp_path / "a", name), _read_split(tmp_path / "b", name)
+    assert first == second
     image_dir = Path(SYNTHETIC_SPECS[name].folder) / SYNTHETIC_SPECS[name].image_dir
-    assert (tmp_path / "a" / image_dir / relpath).read_bytes() == (tmp_path / "b" / image_dir / relpath).read_bytes()
+    for relpath in (first["test"][0][0], first["test"][-1][0]):
+        a, b = (tmp_path / root / image_dir / relpath for root in ("a", "b"))
+        assert a.read_bytes() == b.read_bytes()
 
 
 def test_materialise_rebuilds_an_outdated_copy(tmp_path):
-    name = "synthetic_blurry"
+    name = "synthetic_source_a"
     spec = SYNTHETIC_SPECS[name]
     materialise(name, tmp_path)
     marker = tmp_path / spec.folder / MARKER_FILE
-    marker.write_text(json.dumps({"generator_version": 0}))
+    marker.write_text(json.dumps({"generator_version": 1}))
     assert not is_materialised(spec, tmp_path / spec.folder)
     materialise(name, tmp_path)
     assert is_materialised(spec, tmp_path / spec.folder)
@@ -181,7 +304,7 @@ def test_concurrent_materialise_leaves_one_complete_copy(tmp_path):
     for worker in workers:
         worker.start()
     for worker in workers:
-        worker.join(timeout=120)
+        worker.join(timeout=300)
     assert [worker.exitcode for worker in workers] == [0, 0]
     spec = SYNTHETIC_SPECS[name]
     assert is_materialised(spec, tmp_path / spec.folder)
@@ -214,15 +337,56 @@ def test_checkpoint_is_small_and_loads_with_open_clip_defaults(open_clip_tiny):
     assert open_clip_tiny.visual.image_size == (IMAGE_SIZE, IMAGE_SIZE)
 
 
-def test_checkpoint_reproduces_recorded_zero_shot_accuracy(isolated_dirs):
-    """The project's zero-shot method on the loaded checkpoint gives the accuracy pretraining recorded."""
+def test_provenance_belongs_to_this_world():
+    from dualprompt.data.synthetic import GENERATOR_VERSION
+
+    record = json.loads(world.PROVENANCE_PATH.read_text())
+    assert record["generator_version"] == GENERATOR_VERSION
+    assert record["command"].startswith("python -m dualprompt.world.pretrain")
+    assert set(BASE_TO_NEW_DATASETS) <= set(record["zero_shot_accuracy_percent"])
+
+
+def _recorded_and_measured(name: str) -> tuple[dict, dict]:
     from dualprompt.backbone import load_backbone
     from dualprompt.config import Config
     from dualprompt.experiment import Experiment
 
-    record = json.loads(world.PROVENANCE_PATH.read_text())
-    recorded = record["zero_shot_accuracy_percent"]["synthetic_blurry"]
-    cfg = Config().replace(method="zeroshot", dataset="synthetic_blurry")
-    measured = Experiment(load_backbone(cfg.backbone)).run(cfg, "final").metrics
+    recorded = json.loads(world.PROVENANCE_PATH.read_text())["zero_shot_accuracy_percent"][name]
+    cfg = Config().replace(method="zeroshot", dataset=name)
+    return recorded, Experiment(load_backbone(cfg.backbone)).run(cfg, "final").metrics
+
+
+def test_checkpoint_reproduces_recorded_zero_shot_accuracy(isolated_dirs):
+    """The project's zero-shot method on the loaded checkpoint gives the accuracy pretraining recorded."""
+    recorded, measured = _recorded_and_measured("synthetic_blurry")
     assert measured["acc_test_base"] == pytest.approx(recorded["base"], abs=ACCURACY_TOLERANCE_POINTS)
     assert measured["acc_test_new"] == pytest.approx(recorded["new"], abs=ACCURACY_TOLERANCE_POINTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in BASE_TO_NEW_DATASETS if n != "synthetic_blurry"])
+def test_checkpoint_reproduces_recorded_zero_shot_accuracy_everywhere(isolated_dirs, name):
+    recorded, measured = _recorded_and_measured(name)
+    assert measured["acc_test_base"] == pytest.approx(recorded["base"], abs=ACCURACY_TOLERANCE_POINTS)
+    assert measured["acc_test_new"] == pytest.approx(recorded["new"], abs=ACCURACY_TOLERANCE_POINTS)
+
+
+# --- the world check command ----------------------------------------------------------------------
+
+
+def test_world_check_smoke_prints_every_criterion(isolated_dirs):
+    result = subprocess.run(
+        [sys.executable, "-m", "dualprompt.world.check", "--smoke", "--data-root", str(isolated_dirs / "data"),
+         "--cache-dir", str(isolated_dirs / "features")],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    for criterion in ("CoOp base - zero-shot base", "zero-shot new - CoOp new", "KgCoOp HM - CoOp HM",
+                      "seed std of zero-shot CLIP Average HM", "seed std of CoOp Average HM",
+                      "seed std of KgCoOp (weight 8) Average HM", "SE of one search trial's objective"):
+        line = next((line for line in out.splitlines() if criterion in line), None)
+        assert line is not None, f"missing criterion {criterion!r} in:\n{out}"
+        assert line.split()[0] in ("PASS", "FAIL", "n/a"), line
+    assert "| synthetic_blurry" in out and "Average over 1 datasets" in out
+    assert "steps/s" in out and "criteria pass" in out

@@ -12,13 +12,16 @@ import os
 from pathlib import Path
 
 from dualprompt.data.errors import DataError
+from dualprompt.data.image_folder import FOLDER_PREFIX, SPLIT_FILE
 from dualprompt.data.synthetic import SYNTHETIC_SPECS
 from dualprompt.data.types import DatasetSpec
 
-# The four readers of `dualprompt.data.readers` (checked by the tests).
-READER_NAMES = ("split_json", "imagenet", "fgvc_aircraft", "imagenet_variant")
+# The five readers of `dualprompt.data.readers` (checked by the tests).
+READER_NAMES = ("split_json", "imagenet", "fgvc_aircraft", "imagenet_variant", "image_folder")
 
 IMAGENET_TEMPLATE = "a photo of a {}."
+# A folder of a user's own images: CLIP's generic prompt (`--set template=...` gives a better one).
+FOLDER_TEMPLATE = "a photo of a {}."
 
 # Raw folder name -> class name used in prompts. CoOp applied these when it wrote the split JSONs, so on
 # the published JSONs they change nothing; they are kept so that a split file written from raw folder
@@ -128,14 +131,38 @@ CATALOGUE: dict[str, DatasetSpec] = {**REAL_DATASETS, **SYNTHETIC_SPECS}
 
 
 def get_spec(name: str) -> DatasetSpec:
-    """Return the catalogue entry of `name`, or raise DataError suggesting the closest valid names."""
+    """Return the catalogue entry of `name` (or of a `folder:<path>` dataset), or raise DataError.
+
+    An unknown name's error suggests the closest valid names.
+    """
     if name in CATALOGUE:
         return CATALOGUE[name]
+    if name.startswith(FOLDER_PREFIX):
+        return folder_spec(name)
     close = difflib.get_close_matches(name, list(CATALOGUE), n=3, cutoff=0.5)
     hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else (
-        f"valid names are {', '.join(sorted(CATALOGUE))}."
+        f"valid names are {', '.join(sorted(CATALOGUE))}, or folder:<path> for a folder of class folders."
     )
     raise DataError(f"Unknown dataset {name!r}; {hint}")
+
+
+def folder_spec(name: str) -> DatasetSpec:
+    """The entry of `folder:<path>`: a folder of class folders, relative to the data root unless absolute.
+
+    Its classes are only known on reading the folder, hence `n_classes=0`.
+    """
+    path = name[len(FOLDER_PREFIX):].strip()
+    if not path:
+        raise DataError(f"Dataset {name!r} names no folder; write folder:<path to a folder of class folders>, "
+                        "e.g. folder:/data/my_photos (see 'Your own images' in DATASETS.md).")
+    return DatasetSpec(name=name, folder=str(Path(path).expanduser()), reader="image_folder",
+                       template=FOLDER_TEMPLATE, n_classes=0, split_file=SPLIT_FILE)
+
+
+def needs_data_root(name: str) -> bool:
+    """Whether reading dataset `name` needs the data root: all but folder: datasets named by an absolute path."""
+    spec = get_spec(name)
+    return spec.reader != "image_folder" or not Path(spec.folder).is_absolute()
 
 
 def default_data_root() -> Path:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dualprompt.errors import DualpromptError
 
-class DataError(ValueError):
+
+class DataError(DualpromptError):
     """Bad data input. The message is ONE sentence: what is wrong and how to fix it.
 
     Command-line entry points print the message alone (no traceback), so it must stand on its own.

@@ -2,7 +2,8 @@
 
 Responsibilities, one per section below:
 - `load_dataset`, the public entry point (data root and dataset folder checks, synthetic datasets);
-- the four readers, dispatched by `spec.reader` through `READERS` (no registry, no side-effect imports);
+- the five readers, dispatched by `spec.reader` through `READERS` (no registry, no side-effect imports):
+  the CoOp layouts, and `image_folder` for a user's own class folders (`folder:<path>`);
 - the shared checks: required files, class-name clean-up, images listed but missing on disk.
 
 Every bad input raises `DataError` (or `MissingDataError` for something missing on disk) with one sentence.
@@ -13,15 +14,19 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
+from dualprompt.data import image_folder
 from dualprompt.data.catalogue import get_spec
 from dualprompt.data.errors import DataError, MissingDataError
+from dualprompt.data.images import remember_dataset_folder
 from dualprompt.data.types import DatasetSpec, DatasetSplits, Item
 
 SPLIT_NAMES = ("train", "val", "test")
 SEE_DOCS = "see DATASETS.md for the expected layout"
+REDOWNLOAD = f"download the split file again ({SEE_DOCS})"
 IMAGENET_N_CLASSES = 1000
 FGVC_SPLIT_FILES = {
     "train": "images_variant_train.txt",
@@ -55,23 +60,38 @@ def load_dataset(name: str, data_root: Path) -> DatasetSplits:
         from dualprompt.data import synthetic
 
         synthetic.materialise(name, root)
-    elif not root.is_dir():
+    elif not root.is_dir() and not Path(spec.folder).is_absolute():
         raise MissingDataError(
             f"Data root {root} does not exist; create it and lay the datasets out in it as DATASETS.md "
             "describes, or pass the right --data-root (or set DUALPROMPT_DATA_ROOT).",
             missing=root.name + "/", expected_at=str(root),
         )
-    folder = root / spec.folder
+    folder = root / spec.folder  # an absolute spec.folder (a folder: dataset) replaces the root
     if not folder.is_dir():
-        raise MissingDataError(
-            f"Dataset folder of {name} is missing: expected {folder}; download and lay it out there "
-            f"({SEE_DOCS}).",
-            missing=spec.folder + "/", expected_at=str(folder),
-        )
+        raise _missing_dataset_folder(spec, folder)
     if spec.reader not in READERS:
         raise DataError(f"Catalogue entry {name} names reader {spec.reader!r}, which does not exist; "
                         f"use one of {', '.join(READERS)}.")
-    return READERS[spec.reader](spec, folder)
+    splits = READERS[spec.reader](spec, folder)
+    remember_dataset_folder(str(folder), name)  # so that an unreadable image's error names this dataset
+    return splits
+
+
+def dataset_folder(name: str, data_root: Path) -> Path:
+    """The folder of dataset `name` under `data_root` (or its own absolute folder), without reading it."""
+    return Path(data_root).expanduser().absolute() / get_spec(name).folder
+
+
+def _missing_dataset_folder(spec: DatasetSpec, folder: Path) -> MissingDataError:
+    """The error for a dataset folder that is not there, worded for catalogue and for folder: datasets."""
+    if spec.reader == "image_folder":
+        where = "" if Path(spec.folder).is_absolute() else f" (a relative path starts at the data root {folder.parent})"
+        message = (f"Folder {folder} of dataset {spec.name} does not exist; name a folder holding one sub-folder "
+                   f"of images per class{where}.")
+    else:
+        message = (f"Dataset folder of {spec.name} is missing: expected {folder}; download and lay it out there "
+                   f"({SEE_DOCS}).")
+    return MissingDataError(message, missing=folder.name + "/", expected_at=str(folder))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -103,53 +123,52 @@ def read_split_json(spec: DatasetSpec, folder: Path) -> DatasetSplits:
     return DatasetSplits(spec.name, classnames, items["train"], items["val"], items["test"])
 
 
-def _load_json(path: Path) -> dict:
-    """Parse a split file, turning a JSON syntax error into one sentence."""
+def _load_json(path: Path, fix: str = REDOWNLOAD) -> dict:
+    """Parse a split file, turning a JSON syntax error into one sentence ending in `fix`."""
     try:
         with open(path, encoding="utf-8") as handle:
             content = json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"Split file {path} is not valid JSON ({error}); download it again ({SEE_DOCS}).")
+        raise DataError(f"Split file {path} is not valid JSON ({error}); {fix}.") from None
     if not isinstance(content, dict):
         raise DataError(f"Split file {path} holds a {type(content).__name__} where an object with keys "
-                        f"'train', 'val', 'test' was expected; download it again ({SEE_DOCS}).")
+                        f"'train', 'val', 'test' was expected; {fix}.")
     return content
 
 
 def _validated_entries(
-    content: dict, split: str, spec: DatasetSpec, file_name: str,
+    content: dict, split: str, spec: DatasetSpec, file_name: str, fix: str = REDOWNLOAD,
 ) -> list[tuple[str, int, str]]:
     """Return the `split` list of a split file as (relpath, label, classname), checking every field."""
     if not isinstance(content.get(split), list):
         raise DataError(f"{file_name} has no list under key {split!r} (found "
-                        f"{type(content.get(split)).__name__}); download the split file again ({SEE_DOCS}).")
+                        f"{type(content.get(split)).__name__}); {fix}.")
     checked = []
     for index, entry in enumerate(content[split]):
         where = f"{file_name}: entry {index} of {split!r}"
         if not isinstance(entry, list) or len(entry) != 3:
-            _malformed(where, "entry", entry, "a list [relative_path, label, classname]")
+            _malformed(where, "entry", entry, "a list [relative_path, label, classname]", fix)
         relpath, label, classname = entry
         if not isinstance(relpath, str) or not relpath or os.path.isabs(relpath):
-            _malformed(where, "path (field 0)", relpath, "a non-empty path relative to the image folder")
+            _malformed(where, "path (field 0)", relpath, "a non-empty path relative to the image folder", fix)
         # bool is an int subclass; a true/false label is a broken file, not label 1/0.
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < spec.n_classes:
-            _malformed(where, "label (field 1)", label, f"an integer from 0 to {spec.n_classes - 1}")
+            _malformed(where, "label (field 1)", label, f"an integer from 0 to {spec.n_classes - 1}", fix)
         if not isinstance(classname, str) or not classname.strip():
-            _malformed(where, "classname (field 2)", classname, "a non-empty string")
+            _malformed(where, "classname (field 2)", classname, "a non-empty string", fix)
         checked.append((relpath, label, classname))
     return checked
 
 
-def _malformed(where: str, field: str, value: object, expected: str) -> NoReturn:
+def _malformed(where: str, field: str, value: object, expected: str, fix: str = REDOWNLOAD) -> NoReturn:
     """Raise the one-sentence error for a bad split-file field."""
     shown = repr(value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    raise DataError(f"{where} has {field} {shown} where {expected} was expected; "
-                    f"download the split file again ({SEE_DOCS}).")
+    raise DataError(f"{where} has {field} {shown} where {expected} was expected; {fix}.")
 
 
 def _names_by_label(
-    entries: dict[str, list[tuple[str, int, str]]], spec: DatasetSpec, file_name: str,
+    entries: dict[str, list[tuple[str, int, str]]], spec: DatasetSpec, file_name: str, fix: str = REDOWNLOAD,
 ) -> list[str]:
     """The raw class name of each label 0..n-1; every label must appear, always with the same name."""
     names: dict[int, tuple[str, str]] = {}
@@ -158,7 +177,7 @@ def _names_by_label(
             first = names.setdefault(label, (classname, f"entry {index} of {split!r}"))
             if first[0] != classname:
                 raise DataError(f"{file_name}: entry {index} of {split!r} calls label {label} {classname!r} "
-                                f"but {first[1]} calls it {first[0]!r}; download the split file again.")
+                                f"but {first[1]} calls it {first[0]!r}; {fix}.")
     absent = [label for label in range(spec.n_classes) if label not in names]
     if absent:
         raise DataError(f"{file_name} never uses label {absent[0]} ({len(absent)} of {spec.n_classes} labels "
@@ -307,6 +326,77 @@ def _fgvc_split(
 
 
 # ---------------------------------------------------------------------------------------------------
+# image_folder: a user's own images, one sub-folder per class (`folder:<path>`)
+# ---------------------------------------------------------------------------------------------------
+
+
+def read_image_folder(spec: DatasetSpec, folder: Path) -> DatasetSplits:
+    """Read `folder/<class>/...` images with labels = sorted class folders, split by `split.json`.
+
+    Without `split.json` the deterministic split of `image_folder.deterministic_split` is made and
+    recorded there. Class names: `classnames.json` if present, else the split file's class names, else the
+    folder names (underscores become spaces, as for every dataset).
+    """
+    classes = image_folder.class_folders(folder)
+    split_path = folder / image_folder.SPLIT_FILE
+    fix = f"fix the file, or delete it to make a new split ({image_folder.DOCS})"
+    if split_path.is_file():
+        entries = _folder_split_entries(split_path, classes, spec, fix)
+    else:
+        content = image_folder.deterministic_split(folder, classes)
+        image_folder.record_split(split_path, content, spec.name)
+        entries = {split: [tuple(entry) for entry in content[split]] for split in SPLIT_NAMES}
+    raw_names = _names_by_label(entries, replace(spec, n_classes=len(classes)), split_path.name, fix)
+    natural = image_folder.natural_names(folder, [c.name for c in classes]) or {}
+    named = zip(classes, raw_names, strict=True)
+    classnames = tuple(clean_classname(natural.get(c.name, raw), spec) for c, raw in named)
+    _require_distinct_names(classnames, classes, folder)
+    items = {
+        split: tuple(Item(os.path.join(folder, path), label, classnames[label]) for path, label, _ in entries[split])
+        for split in SPLIT_NAMES
+    }
+    restore = f"put them back, or delete {split_path.name} to make a new split"
+    check_images_exist([item.path for split in SPLIT_NAMES for item in items[split]], folder, split_path.name, restore)
+    # The few-shot sample is seeded by this name: the folder's own name keeps it the same wherever it lives.
+    name = f"{image_folder.FOLDER_PREFIX}{folder.name}"
+    return DatasetSplits(name, classnames, items["train"], items["val"], items["test"])
+
+
+def _folder_split_entries(
+    split_path: Path, classes: list[image_folder.ClassFolder], spec: DatasetSpec, fix: str,
+) -> dict[str, list[tuple[str, int, str]]]:
+    """A user's (or a recorded) split file, checked against the class folders: paths in them, labels theirs."""
+    content = _load_json(split_path, fix)
+    counted = replace(spec, n_classes=len(classes))
+    entries = {split: _validated_entries(content, split, counted, split_path.name, fix) for split in SPLIT_NAMES}
+    label_of = {cls.name: label for label, cls in enumerate(classes)}
+    for split in SPLIT_NAMES:
+        for index, (relpath, label, _) in enumerate(entries[split]):
+            top = relpath.replace("\\", "/").split("/")[0]
+            if label_of.get(top) != label:
+                found = f"class folder {top!r}, label {label_of[top]}" if top in label_of else "no class folder"
+                raise DataError(f"{split_path.name}: entry {index} of {split!r} has label {label} but its path "
+                                f"{relpath!r} lies in {found} (labels are the sorted class folders); {fix}.")
+    listed = {label for split in SPLIT_NAMES for _, label, _ in entries[split]}
+    unlisted = [cls.name for label, cls in enumerate(classes) if label not in listed]
+    if unlisted:
+        raise DataError(f"{split_path} lists no image of the class folder {unlisted[0]!r} (added after the split "
+                        f"was made?); delete {split_path.name} to make a new split with every class folder.")
+    return entries
+
+
+def _require_distinct_names(classnames: Sequence[str], classes: list[image_folder.ClassFolder], folder: Path) -> None:
+    """Two classes with one name cannot be told apart by a prompt: refuse rather than train on it."""
+    first_with: dict[str, str] = {}
+    for name, cls in zip(classnames, classes, strict=True):
+        if name in first_with:
+            raise DataError(f"Class folders {first_with[name]!r} and {cls.name!r} of {folder} both get the class "
+                            f"name {name!r}; give them distinct names in {image_folder.CLASSNAMES_FILE} "
+                            f"({image_folder.DOCS}).")
+        first_with[name] = cls.name
+
+
+# ---------------------------------------------------------------------------------------------------
 # Shared checks
 # ---------------------------------------------------------------------------------------------------
 
@@ -332,7 +422,9 @@ def clean_classname(raw: str, spec: DatasetSpec) -> str:
     return spec.classname_fixes.get(raw, raw).replace("_", " ").strip()
 
 
-def check_images_exist(paths: Iterable[str], image_dir: Path, listed_in: str) -> None:
+def check_images_exist(
+    paths: Iterable[str], image_dir: Path, listed_in: str, fix: str = f"extract the image archive there ({SEE_DOCS})",
+) -> None:
     """Raise MissingDataError if any listed image is not on disk.
 
     One directory listing per image folder instead of one stat per image: Food101's 101k images
@@ -349,8 +441,7 @@ def check_images_exist(paths: Iterable[str], image_dir: Path, listed_in: str) ->
     if missing:
         first = os.path.relpath(missing[0], image_dir)
         raise MissingDataError(
-            f"{len(missing)} images listed in {listed_in} are missing under {image_dir} (first: {first}); "
-            f"extract the image archive there ({SEE_DOCS}).",
+            f"{len(missing)} images listed in {listed_in} are missing under {image_dir} (first: {first}); {fix}.",
             missing=f"{first} and {len(missing) - 1} more images listed in {listed_in}",
             expected_at=missing[0],
         )
@@ -377,4 +468,5 @@ READERS: dict[str, Reader] = {
     "imagenet": read_imagenet,
     "fgvc_aircraft": read_fgvc_aircraft,
     "imagenet_variant": read_imagenet_variant,
+    "image_folder": read_image_folder,
 }

@@ -2,7 +2,7 @@
 
 - `sample_few_shot`: K shots per class from train, min(K, 4) from val; two modes ("stable", "coop").
 - `subsample_classes`: base = the first ceil(n/2) labels, new = the rest, each relabelled 0..len-1.
-- `pseudo_split`: the same rule inside the base classes, for leak-free hyperparameter search.
+- `pseudo_split`: the same rule inside the base classes (and its swap), for leak-free hyperparameter search.
 
 Nothing here touches Python's, numpy's or torch's global random state.
 """
@@ -22,6 +22,7 @@ from dualprompt.data.types import DatasetSplits, Item
 SAMPLING_MODES = ("stable", "coop")
 CLASS_SUBSETS = ("all", "base", "new")
 MAX_VAL_SHOTS = 4  # CoOp: the few-shot val set has min(K, 4) images per class
+PSEUDO_FOLDS = 2  # the pseudo split's two halves: each can be the held-out one
 
 
 def sample_few_shot(
@@ -180,20 +181,26 @@ def subsample_classes(splits: DatasetSplits, subset: str) -> DatasetSplits:
     return restrict_to_labels(splits, labels)
 
 
-def pseudo_split(base_splits: DatasetSplits) -> tuple[DatasetSplits, DatasetSplits]:
+def pseudo_split(base_splits: DatasetSplits, fold: int = 0) -> tuple[DatasetSplits, DatasetSplits]:
     """Split the base classes into (pseudo-base, pseudo-new) by the same ceil(n/2) rule, for tuning.
 
-    Each part keeps its own train and val items, relabelled 0..len-1; test is emptied on purpose, so
-    hyperparameter search can score pseudo-base and pseudo-new on val only and never sees a test image
-    or a true new class.
+    Fold 0 is the rule itself: the first ceil(n/2) labels are pseudo-base, the rest pseudo-new. Fold 1
+    swaps the two halves, so over both folds every base class is held out once (in the offline world the
+    halves are word-disjoint blocks, like base and new). Each part keeps its own train and val items,
+    relabelled 0..len-1; test is emptied on purpose, so hyperparameter search can score pseudo-base and
+    pseudo-new on val only and never sees a test image or a true new class.
     """
     n_classes = len(base_splits.classnames)
     if n_classes < 2:
         raise DataError(f"{base_splits.name} has {n_classes} base class, too few to hold out pseudo-new "
                         "classes; tune on a dataset with at least 4 classes.")
-    n_pseudo_base = math.ceil(n_classes / 2)
-    pseudo_base = restrict_to_labels(base_splits, range(n_pseudo_base))
-    pseudo_new = restrict_to_labels(base_splits, range(n_pseudo_base, n_classes))
+    if fold not in range(PSEUDO_FOLDS):
+        raise DataError(f"Pseudo-split fold {fold} does not exist; the pseudo split has folds 0..{PSEUDO_FOLDS - 1}.")
+    n_first = math.ceil(n_classes / 2)
+    halves = [range(n_first), range(n_first, n_classes)]
+    trained, held_out = halves if fold == 0 else halves[::-1]
+    pseudo_base = restrict_to_labels(base_splits, trained)
+    pseudo_new = restrict_to_labels(base_splits, held_out)
     return replace(pseudo_base, test=()), replace(pseudo_new, test=())
 
 

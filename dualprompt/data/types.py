@@ -32,6 +32,7 @@ class DatasetSpec:
     `reader` names one of the readers in `dualprompt.data.readers` (dispatch by a small dict).
     `template` is the hand-crafted prompt of the dataset ("{}" is replaced by the class name).
     `expected_counts` is (train, val, test) as published; None where a split does not exist.
+    `n_classes` is 0 for a `folder:<path>` dataset, whose class folders are only known on reading it.
     """
 
     name: str

@@ -17,7 +17,6 @@ Loading (no download; open_clip only reads the two files):
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

@@ -1,13 +1,16 @@
 """Deterministic renderer of the world: one coloured shape on a background, in one image style.
 
-`render(colour, shape, style, rng)` draws only from `rng`, so the same generator state gives the same
-image. Shapes are drawn as a mask at twice the output size and box-downsampled (anti-aliasing), then
-composited over a tinted, shaded background; the style is applied last.
+`render(colour, shape, style, rng, variation)` draws only from `rng`, so the same generator state gives
+the same image. Shapes are drawn as a mask at twice the output size and box-downsampled (anti-aliasing),
+then composited over a tinted, shaded background; the style is applied last. `variation` shifts the
+distribution a dataset is drawn from (size, background, colour jitter, extra noise and fading); the
+default is the distribution of pretraining.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -47,6 +50,7 @@ def _heart() -> Polygon:
 _CIRCLE = _regular(32)
 _CROSS = [(-0.33, -1), (0.33, -1), (0.33, -0.33), (1, -0.33), (1, 0.33), (0.33, 0.33), (0.33, 1),
           (-0.33, 1), (-0.33, 0.33), (-1, 0.33), (-1, -0.33), (-0.33, -0.33)]
+_HOURGLASS = [(-0.8, -1), (0.8, -1), (0.12, 0), (0.8, 1), (-0.8, 1), (-0.12, 0)]
 _ARROW = [(-1, -0.28), (0.15, -0.28), (0.15, -0.75), (1, 0), (0.15, 0.75), (0.15, 0.28), (-1, 0.28)]
 
 # Shape -> mask operations in drawing order: (polygon, fill). Fill 0 cuts a hole (ring, moon).
@@ -61,17 +65,39 @@ SHAPE_OPS: dict[str, list[tuple[Polygon, int]]] = {
     "arrow": [(_ARROW, 255)],
     "moon": [(_CIRCLE, 255), ([(x + 0.5, y - 0.2) for x, y in _regular(32, 0.85)], 0)],
     "heart": [(_heart(), 255)],
+    "hexagon": [(_regular(6, 1.05, 0.0), 255)],
+    "hourglass": [(_HOURGLASS, 255)],
 }
 assert set(SHAPE_OPS) == set(SHAPES), "every shape of the vocabulary needs a drawing"
 
 
-def shape_mask(shape: str, rng: np.random.Generator) -> np.ndarray:
+@dataclass(frozen=True)
+class Variation:
+    """The image distribution around a style. Ranges are (low, high) of a uniform draw per image.
+
+    scale: shape radius as a fraction of the image side; background: grey level of the background
+    (non-sketch styles); colour_jitter: +- per channel around the colour's RGB; noise: extra Gaussian
+    pixel noise std on top of the style's own (None: none); fade: extra pull of every pixel towards
+    light grey, 0 = none, 1 = blank (None: none).
+    """
+
+    scale: tuple[float, float] = (0.17, 0.33)
+    background: tuple[float, float] = (100.0, 225.0)
+    colour_jitter: float = 15.0
+    noise: tuple[float, float] | None = None
+    fade: tuple[float, float] | None = None
+
+
+PRETRAINING = Variation()  # the distribution pretraining draws from, and every base-to-new dataset
+
+
+def shape_mask(shape: str, rng: np.random.Generator, scale: tuple[float, float] = PRETRAINING.scale) -> np.ndarray:
     """Coverage mask of `shape` at a random position, scale and rotation.
 
     Returns:
         float32 [IMAGE_SIZE, IMAGE_SIZE] in [0, 1]; 1 = inside the shape.
     """
-    radius = rng.uniform(0.17, 0.33) * _CANVAS  # shape radius in canvas pixels
+    radius = rng.uniform(*scale) * _CANVAS  # shape radius in canvas pixels
     margin = radius * 0.8  # the shape may touch the border, never leave the frame
     cx, cy = rng.uniform(margin, _CANVAS - margin, size=2)
     angle = rng.uniform(-0.5, 0.5)  # radians; small enough that a square never becomes a diamond
@@ -109,32 +135,40 @@ def _to_image(pixels: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), mode="RGB")
 
 
-def render(colour: str, shape: str, style: str, rng: np.random.Generator) -> Image.Image:
+def render(
+    colour: str, shape: str, style: str, rng: np.random.Generator, variation: Variation = PRETRAINING,
+) -> Image.Image:
     """Render one 32x32 RGB image of a `colour` `shape` in `style`, drawing all randomness from `rng`."""
     if colour not in COLOURS or shape not in SHAPES or style not in STYLES:
         raise ValueError(
             f"Unknown colour, shape or style ({colour!r}, {shape!r}, {style!r}); see dualprompt.world.vocab."
         )
-    rgb = np.asarray(COLOURS[colour], dtype=np.float32) + rng.uniform(-15, 15, size=3)  # [3]
-    mask = shape_mask(shape, rng)  # [H, W]
+    jitter = variation.colour_jitter
+    rgb = np.asarray(COLOURS[colour], dtype=np.float32) + rng.uniform(-jitter, jitter, size=3)  # [3]
+    mask = shape_mask(shape, rng, variation.scale)  # [H, W]
     if style == "sketch":
         # A line drawing on light paper: only the outline, in the shape's colour.
         background = _background(rng, 220, 245)
         alpha = np.clip(_outline(mask), 0.0, 1.0)[:, :, None]
     else:
-        background = _background(rng, 100, 225)
+        background = _background(rng, *variation.background)
         alpha = mask[:, :, None]
     pixels = background * (1.0 - alpha) + rgb[None, None, :] * alpha  # [H, W, 3]
-    return _apply_style(pixels, style, rng)
+    return _apply_style(pixels, style, rng, variation)
 
 
-def _apply_style(pixels: np.ndarray, style: str, rng: np.random.Generator) -> Image.Image:
-    """Apply the image-level corruption of `style` to float pixels [H, W, 3] in 0..255."""
+def _apply_style(pixels: np.ndarray, style: str, rng: np.random.Generator, variation: Variation) -> Image.Image:
+    """Apply the image-level corruption of `style` (and the variation's extras) to float pixels [H, W, 3]."""
     noise_std = {"noisy": rng.uniform(22, 38)}.get(style, 3.0)
+    if variation.noise is not None:
+        noise_std = math.hypot(noise_std, rng.uniform(*variation.noise))
     pixels = pixels + rng.normal(0.0, noise_std, size=pixels.shape).astype(np.float32)
     if style == "faded":
         # Low contrast: pull everything towards a light grey.
         amount = rng.uniform(0.5, 0.65)
+        pixels = pixels * (1.0 - amount) + 210.0 * amount
+    if variation.fade is not None:
+        amount = rng.uniform(*variation.fade)
         pixels = pixels * (1.0 - amount) + 210.0 * amount
     image = _to_image(pixels)
     if style == "blurry":

@@ -1,13 +1,28 @@
-"""The offline world as data: colours, shapes, image styles, caption templates, held-out classes.
+"""The offline world as data: colours, shapes, image styles, caption templates and class layouts.
 
-Every class of the world is a (colour, shape) pair named in natural language ("red circle").
-The colours and shapes are split into two disjoint halves: the synthetic benchmarks take their base
-classes from the first half and their new classes from the second, so base and new class names
-share no word (measured: the base/new trade-off only appears then). The new classes are held out of
-pretraining in every style, so zero-shot accuracy on them measures compositional transfer.
+Every class of the world is a (colour, shape) pair named in natural language ("red circle"); all 144
+pairs are seen in pretraining, in every style, as real CLIP has seen the names and pictures of the
+benchmarks' classes. A downstream dataset does not use all of them: each base-to-new dataset draws its
+own 36 classes from its own grouping of the words (`base_to_new_layout`), in four word-disjoint blocks
+of 3 colours x 3 shapes:
+
+    labels  0-8   block A  -> pseudo-base  \
+    labels  9-17  block B  -> pseudo-new   / base
+    labels 18-26  block C  \
+    labels 27-35  block D  / new
+
+so the protocol's rules (base = the first ceil(n/2) labels, the same rule again inside base) put A+B
+in base and C+D in new (no shared word), and A and B in pseudo-base and pseudo-new (no shared word):
+the pseudo split is a miniature of the true split, and base and new are made the same way (two blocks
+each), so neither is easier by construction. Inside a block every colour and every shape occurs in
+three classes, so neither word alone names a class. The grouping is a pure function of the dataset name
+(SHA-256, not Python's salted hash()), the same on every machine.
 """
 
 from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
 
 # Name -> RGB. Chosen to stay distinguishable from each other after blurring and against the
 # light-to-mid grey backgrounds of the renderer (no white or grey, which would vanish into them).
@@ -22,6 +37,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "pink": (250, 120, 190),
     "brown": (120, 70, 25),
     "black": (20, 20, 20),
+    "lime": (160, 225, 40),
+    "navy": (20, 30, 110),
 }
 
 SHAPES: tuple[str, ...] = (
@@ -35,6 +52,8 @@ SHAPES: tuple[str, ...] = (
     "arrow",
     "moon",
     "heart",
+    "hexagon",
+    "hourglass",
 )
 
 # Image styles of pretraining. Captions always name the style (measured: with captions that do not,
@@ -42,7 +61,7 @@ SHAPES: tuple[str, ...] = (
 STYLES: tuple[str, ...] = ("photo", "noisy", "blurry", "pixelated", "sketch", "faded")
 
 # Style -> caption templates ("{}" is the class name). Only "photo" images are captioned with the
-# plain "a photo of a {}.", so the benchmarks' hand-crafted prompt does not describe their style.
+# plain "a photo of a {}.", so the hand-crafted prompt describes the photo style and no other.
 CAPTION_TEMPLATES: dict[str, tuple[str, ...]] = {
     "photo": ("a photo of a {}.", "a picture of a {}.", "a clean photo of a {}."),
     "noisy": ("a noisy photo of a {}.", "a noisy picture of a {}.", "a grainy photo of a {}."),
@@ -56,15 +75,22 @@ CAPTION_TEMPLATES: dict[str, tuple[str, ...]] = {
     "faded": ("a faded photo of a {}.", "a faded picture of a {}.", "a washed out photo of a {}."),
 }
 
+# The hand-crafted template that describes each style (the first caption template): the gap between it
+# and "a photo of a {}." on a styled dataset is what a prompt can win without knowing any class.
+STYLE_MATCHED_TEMPLATES: dict[str, str] = {style: templates[0] for style, templates in CAPTION_TEMPLATES.items()}
+
 # Words the tokenizer knows beyond the captions: "x" is the placeholder CoOp-style prompt learners
 # write in place of the soft context ("x x x x red circle.").
 EXTRA_WORDS: tuple[str, ...] = ("x", "an", "the", "image", "of")
 
-# Base classes use these colours and shapes only, new classes the others (disjoint name words).
-BASE_COLOURS: tuple[str, ...] = ("red", "yellow", "blue", "pink", "brown")
-NEW_COLOURS: tuple[str, ...] = ("orange", "green", "cyan", "purple", "black")
-BASE_SHAPES: tuple[str, ...] = ("circle", "triangle", "cross", "ring", "moon")
-NEW_SHAPES: tuple[str, ...] = ("square", "star", "diamond", "arrow", "heart")
+# Every (colour, shape) pair is seen in pretraining.
+PRETRAIN_COMBOS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOURS for s in SHAPES)
+
+Pair = tuple[str, str]
+
+# A base-to-new dataset: BLOCKS word-disjoint blocks of BLOCK_SIZE colours x BLOCK_SIZE shapes.
+BLOCKS = 4
+BLOCK_SIZE = 3
 
 
 def classname(colour: str, shape: str) -> str:
@@ -72,22 +98,52 @@ def classname(colour: str, shape: str) -> str:
     return f"{colour} {shape}"
 
 
-def _cyclic_pairs(colours: tuple[str, ...], shapes: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    """Colour i with shapes i and i+1 (mod n): every colour and every shape occurs in exactly two pairs,
-    so neither attribute alone identifies a class."""
+def _stable_order(words, key: str) -> list[str]:
+    """`words` sorted by SHA-256 of (key, word): a shuffle that is a pure function of `key`."""
+    return sorted(words, key=lambda word: hashlib.sha256(f"{key}/{word}".encode()).hexdigest())
+
+
+@dataclass(frozen=True)
+class Block:
+    """The classes `colours` x `shapes` (every combination), in label order."""
+
+    colours: tuple[str, ...]
+    shapes: tuple[str, ...]
+
+    @property
+    def classes(self) -> tuple[Pair, ...]:
+        return tuple((c, s) for c in self.colours for s in self.shapes)
+
+    @property
+    def words(self) -> frozenset[str]:
+        return frozenset(self.colours) | frozenset(self.shapes)
+
+
+def base_to_new_layout(name: str) -> tuple[Block, ...]:
+    """The four word-disjoint blocks (A, B, C, D) of base-to-new dataset `name`; classes = A + B + C + D.
+
+    Colours and shapes are each shuffled by a key derived from `name` and cut into groups of three;
+    block k is colour group k x shape group k.
+    """
+    colours = _stable_order(COLOURS, f"{name}/colours")
+    shapes = _stable_order(SHAPES, f"{name}/shapes")
+    cut = lambda words, k: tuple(words[k * BLOCK_SIZE : (k + 1) * BLOCK_SIZE])  # noqa: E731
+    return tuple(Block(cut(colours, k), cut(shapes, k)) for k in range(BLOCKS))
+
+
+def banded_classes(name: str, per_colour: int) -> tuple[Pair, ...]:
+    """`per_colour` shapes for each colour, every shape used equally often (a cyclic band over the
+    shuffled shapes): 12 x `per_colour` classes, grouped by colour. Used by the source dataset."""
+    colours = _stable_order(COLOURS, f"{name}/colours")
+    shapes = _stable_order(SHAPES, f"{name}/shapes")
     n = len(shapes)
-    return tuple((c, shapes[(i + k) % n]) for i, c in enumerate(colours) for k in (0, 1))
+    return tuple((c, shapes[(i + k) % n]) for i, c in enumerate(colours) for k in range(per_colour))
 
 
-# The synthetic benchmarks' classes in label order: base (labels 0..9) first, then new (10..19).
-BASE_CLASSES: tuple[tuple[str, str], ...] = _cyclic_pairs(BASE_COLOURS, BASE_SHAPES)
-NEW_CLASSES: tuple[tuple[str, str], ...] = _cyclic_pairs(NEW_COLOURS, NEW_SHAPES)
-
-# Held out of pretraining, in every style: exactly the benchmarks' new classes.
-HELD_OUT_COMBOS: frozenset[tuple[str, str]] = frozenset(NEW_CLASSES)
-PRETRAIN_COMBOS: tuple[tuple[str, str], ...] = tuple(
-    (c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELD_OUT_COMBOS
-)
+def stable_subset(pairs: tuple[Pair, ...], size: int, key: str) -> tuple[Pair, ...]:
+    """`size` of `pairs` chosen by `key`, kept in their original (label) order."""
+    chosen = set(_stable_order([classname(c, s) for c, s in pairs], key)[:size])
+    return tuple(p for p in pairs if classname(*p) in chosen)
 
 
 def vocabulary() -> tuple[str, ...]:

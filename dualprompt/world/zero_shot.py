@@ -1,19 +1,28 @@
-"""Zero-shot accuracy on photos of the held-out colour-shape pairs, among them and among all 100 pairs.
+"""Zero-shot diagnostics of the tiny CLIP, outside the benchmark protocol.
 
-A pretraining diagnostic outside the benchmark protocol (the synthetic datasets' base/new accuracies go
-through the project's own zero-shot method). Deterministic: a seeded renderer, eval mode.
+- `style_accuracies`: per style, 100-way zero-shot accuracy among all colour x shape classes on fresh
+  images, with "a photo of a {}." and with the style's own caption template (what pretraining learned,
+  and how much the words of the prompt matter per style);
+- `dataset_accuracy`: zero-shot accuracy on a materialised dataset's test split over all its classes
+  (the domain-generalisation targets are test only, so the protocol's base/new jobs cannot read them).
+
+The synthetic datasets' base/new accuracies go through the project's own zero-shot method instead.
+Deterministic: a seeded renderer, eval mode.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from dualprompt.world.render import render
-from dualprompt.world.vocab import COLOURS, NEW_CLASSES, SHAPES, classname
+from dualprompt.world.vocab import PRETRAIN_COMBOS, STYLE_MATCHED_TEMPLATES, STYLES, classname
+
+PLAIN_TEMPLATE = "a photo of a {}."
 
 
 def images_to_tensor(images: Sequence[Image.Image], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -41,25 +50,38 @@ def zero_shot_accuracy(
     return round(100.0 * (predictions == labels).float().mean().item(), 2)
 
 
-def held_out_accuracies(model, tokenizer, per_class: int = 50, seed: int = 1234) -> dict[str, float]:
-    """Zero-shot accuracy (percent) on photo-style images of the held-out pairs, with "a photo of a {}.".
+def style_accuracies(model, tokenizer, per_class: int = 10, seed: int = 1234) -> dict[str, dict[str, float]]:
+    """Per style: 100-way zero-shot accuracy (percent) on `per_class` fresh images of every class, with
+    "a photo of a {}." ("plain") and with the style's own template ("style_matched")."""
+    names = [classname(c, s) for c, s in PRETRAIN_COMBOS]
+    labels = torch.arange(len(PRETRAIN_COMBOS)).repeat_interleave(per_class)  # [N]
+    results = {}
+    for index, style in enumerate(STYLES):
+        rng = np.random.default_rng([seed, index])
+        images = [render(c, s, style, rng) for c, s in PRETRAIN_COMBOS for _ in range(per_class)]
+        tensor = images_to_tensor(images, model.visual.image_mean, model.visual.image_std)
+        results[style] = {
+            key: zero_shot_accuracy(model, tokenizer, tensor, labels, names, template)
+            for key, template in (("plain", PLAIN_TEMPLATE), ("style_matched", STYLE_MATCHED_TEMPLATES[style]))
+        }
+    return results
 
-    "among_held_out" chooses among the held-out classes only; "among_all" among all 100 colour-shape
-    classes (much harder: colour alone narrows a held-out class to two options, not to one).
-    """
-    rng = np.random.default_rng(seed)
-    pairs = list(NEW_CLASSES)
-    images = [render(c, s, "photo", rng) for c, s in pairs for _ in range(per_class)]
-    labels = torch.arange(len(pairs)).repeat_interleave(per_class)  # [N]
-    tensor = images_to_tensor(images, model.visual.image_mean, model.visual.image_std)
-    all_pairs = [(c, s) for c in COLOURS for s in SHAPES]
-    labels_among_all = torch.tensor([all_pairs.index(pair) for pair in pairs]).repeat_interleave(per_class)
-    template = "a photo of a {}."
-    return {
-        "among_held_out": zero_shot_accuracy(
-            model, tokenizer, tensor, labels, [classname(c, s) for c, s in pairs], template
-        ),
-        "among_all": zero_shot_accuracy(
-            model, tokenizer, tensor, labels_among_all, [classname(c, s) for c, s in all_pairs], template
-        ),
-    }
+
+def dataset_accuracy(backbone, name: str, data_root: Path, template: str | None = None) -> float:
+    """Zero-shot accuracy (percent) on the test split of dataset `name`, over all of its classes, with the
+    protocol's evaluation transform and `template` (default: the catalogue's)."""
+    from dualprompt.data.catalogue import get_spec
+    from dualprompt.data.readers import load_dataset
+    from dualprompt.data.transforms import build_transforms
+    from dualprompt.evaluate import accuracy
+    from dualprompt.features import FeatureStore
+
+    splits = load_dataset(name, data_root)
+    _, eval_tf = build_transforms(backbone.image_size, backbone.image_mean, backbone.image_std)
+    features = FeatureStore(backbone, None, enabled=False).features(splits.test, eval_tf, "eval", views=None)
+    template = template or get_spec(name).template
+    with torch.no_grad():
+        classifier = torch.nn.functional.normalize(
+            backbone.encode_texts([template.format(c) for c in splits.classnames]), dim=-1)
+    labels = torch.tensor([item.label for item in splits.test])
+    return round(accuracy(classifier, features, labels), 2)

@@ -1,0 +1,36 @@
+"""Base-to-new generalisation (CoCoOp's protocol, every paper's main table).
+
+Train on the base classes (the first ceil(n/2) sorted labels) with K = 16 shots per class, test on the base
+test images and, with the same context, on the new classes' test images: two closed-set problems whose
+harmonic mean is the headline; a benchmark's Average row is the HM of the dataset-averaged base and new
+accuracies. Seeds 1, 2, 3.
+
+Leak-free search: inside the base classes, train on the pseudo-base half and score the HM of pseudo-base
+validation accuracy and pseudo-new accuracy (the few-shot train and val images of classes never trained
+on). The true new classes and every test image stay unseen. With two folds each half is held out once.
+"""
+
+from __future__ import annotations
+
+from . import BENCHMARK_DATASETS, OFFLINE_BASE_TO_NEW, Evaluation, Protocol, Stage
+
+PROTOCOL = Protocol(
+    name="base2new",
+    title="Base-to-new generalisation",
+    search=Stage(
+        pool="base",
+        train_classes="pseudobase",
+        evaluations=(Evaluation("acc_val_pseudobase", "pseudobase", "val"),
+                     Evaluation("acc_val_pseudonew", "pseudonew", "heldout")),
+        objective="hm_val",
+    ),
+    final=Stage(
+        pool="base",
+        train_classes="base",
+        evaluations=(Evaluation("acc_test_base", "base", "test"), Evaluation("acc_test_new", "new", "test")),
+        objective="hm_test",
+        saves_prompt=True,
+    ),
+    default_real_datasets=BENCHMARK_DATASETS,
+    default_offline_datasets=OFFLINE_BASE_TO_NEW,
+)

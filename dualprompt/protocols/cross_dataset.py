@@ -1,0 +1,33 @@
+"""Cross-dataset transfer (CoCoOp's protocol; CoOp's scripts/cocoop/xd_train.sh and xd_test.sh).
+
+Train once on the source (ImageNet: all 1,000 classes, 16 shots, seeds 1-3) and evaluate the SAME saved
+prompt, untouched, on the test sets of the other ten datasets with all their classes; report the source,
+each target and the targets' mean.
+
+Leak-free search: the targets are unseen, so a trial trains on the pseudo-base half of the source's classes
+and scores the HM of their validation accuracy and the accuracy on the held-out half, which stands in
+for classes the prompt was not tuned on. No target image is ever evaluated in the search.
+"""
+
+from __future__ import annotations
+
+from . import BENCHMARK_DATASETS, OFFLINE_BASE_TO_NEW, OFFLINE_SOURCE, SOURCE_SEARCH, Evaluation, Protocol, Stage
+
+PROTOCOL = Protocol(
+    name="cross_dataset",
+    title="Cross-dataset transfer",
+    search=SOURCE_SEARCH,
+    final=Stage(
+        pool="all",
+        train_classes="all",
+        evaluations=(Evaluation("acc_test", "all", "test"),),
+        objective="acc_test",
+        saves_prompt=True,
+        evaluates_targets=True,
+    ),
+    uses_targets=True,
+    default_real_datasets=("imagenet",),
+    default_real_targets=tuple(d for d in BENCHMARK_DATASETS if d != "imagenet"),
+    default_offline_datasets=(OFFLINE_SOURCE,),
+    default_offline_targets=OFFLINE_BASE_TO_NEW,
+)

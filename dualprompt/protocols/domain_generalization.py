@@ -1,0 +1,32 @@
+"""Domain generalisation (CoCoOp's protocol): the ImageNet prompt on ImageNet-V2, -Sketch, -A and -R.
+
+Train once on the source (ImageNet, all classes, 16 shots, seeds 1-3) and evaluate the same saved prompt,
+untouched, on each variant's test images with its own class list (ImageNet-A and -R: their 200-class
+subsets, relabelled); report the source, each target and the targets' mean.
+
+Leak-free search: as for cross-dataset transfer, the pseudo split of the source's classes; the variants
+are never seen.
+"""
+
+from __future__ import annotations
+
+from . import OFFLINE_DG_TARGETS, OFFLINE_SOURCE, SOURCE_SEARCH, Evaluation, Protocol, Stage
+
+PROTOCOL = Protocol(
+    name="domain_generalization",
+    title="Domain generalisation",
+    search=SOURCE_SEARCH,
+    final=Stage(
+        pool="all",
+        train_classes="all",
+        evaluations=(Evaluation("acc_test", "all", "test"),),
+        objective="acc_test",
+        saves_prompt=True,
+        evaluates_targets=True,
+    ),
+    uses_targets=True,
+    default_real_datasets=("imagenet",),
+    default_real_targets=("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"),
+    default_offline_datasets=(OFFLINE_SOURCE,),
+    default_offline_targets=OFFLINE_DG_TARGETS,
+)

@@ -1,0 +1,227 @@
+"""Text encoding of prompts that share their first positions: the `[SOS][ctx]` prefix runs once per step.
+
+Why it is exact: CLIP's text attention is causal, so the hidden states of the first P positions (and so
+their keys and values at every layer) depend on those P positions only. Every soft prompt starts with
+the same `[SOS][ctx_1..ctx_M]`, so those states are the same for every class; each class's remaining
+positions attend to [the shared prefix's keys and values] + [their own, causally], which is exactly what
+they attend to in a pass over the whole prompt. Gradients reach `ctx` through the shared prefix rows.
+
+How it is cheap: the token rows of a pass are one flat [T, D] matrix, the P prefix rows once and then
+each prompt's own positions up to its EOT token, without padding (T = P + sum_i s_i instead of
+N * (P + max_i s_i); ImageNet's names are padded 68% with n_ctx=4), so every per-token op (LayerNorm,
+the fused q/k/v projection, the output projection, the MLP) runs once over T rows. Only attention needs
+one sequence per prompt: the prefix's q/k/v rows are broadcast (an `expand`, no copy) in front of each
+prompt's own rows and one fused causal `scaled_dot_product_attention` runs over [N, P+S]; the prefix's
+output rows are taken from prompt 0 (every prompt computes the same ones). At the last layer only the
+EOT rows feed the text feature, so the output projection and MLP run on those N rows alone.
+
+This reads the weights of open_clip's `ResidualAttentionBlock` (ln_1, the packed in_proj of its
+`nn.MultiheadAttention`, out_proj, ls_1, ln_2, mlp, ls_2) and calls its submodules; `supports` says
+whether a text tower is made of exactly those blocks. `Backbone` owns the rest (positions, the final
+LayerNorm and projection) and falls back to open_clip's own modules for any other tower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import Tensor, nn
+
+
+def supports(text: nn.Module) -> bool:
+    """Whether `text` (a CLIP text tower) has a causal mask and only blocks this module can run."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    mask = getattr(text, "attn_mask", None)
+    blocks = getattr(getattr(text, "transformer", None), "resblocks", None)
+    if not isinstance(mask, Tensor) or blocks is None or len(blocks) == 0:
+        return False
+    causal = torch.full_like(mask, float("-inf")).triu(1)  # 0 on and below the diagonal
+    # The exact class: a subclass may change what forward computes.
+    return torch.equal(mask, causal) and all(type(b) is ResidualAttentionBlock and _plain_attention(b) for b in blocks)
+
+
+def _plain_attention(block: nn.Module) -> bool:
+    """Self-attention with one packed q/k/v projection and nothing extra (no bias_kv, no zero attention)."""
+    attn = block.attn
+    return (
+        not hasattr(block, "ln_1_kv")  # cross-attention blocks
+        and isinstance(attn, nn.MultiheadAttention)
+        and attn._qkv_same_embed_dim
+        and attn.in_proj_weight is not None
+        and attn.bias_k is None
+        and attn.bias_v is None
+        and not attn.add_zero_attn
+    )
+
+
+@dataclass(frozen=True)
+class PromptGroup:
+    """The frozen inputs of one pass over N prompts (all of them, or one chunk), after the prefix.
+
+    Only real positions are rows (up to each prompt's own EOT token, no padding): R = sum of the suffix
+    lengths s_i. Attention alone needs one padded sequence per prompt, S = max s_i positions: a prompt's
+    padding slots repeat its EOT row, which is exact because under the causal mask only later padding
+    slots see them, whose outputs are dropped (so they also get exactly zero gradient).
+    """
+
+    suffix: Tensor  # [R, D] token + positional embeddings of the suffix positions, prompt after prompt
+    eot_row: Tensor  # [N] row of each prompt's EOT token among the pass's own token rows
+    eot_seq: Tensor  # [N] the same token's row in the pass's [N*(P+S)] per-prompt sequences
+    seq_index: Tensor | None  # [N*S] own suffix row of each sequence slot; None: no padding (a view)
+    out_index: Tensor | None  # [R] slot in the [N*(P+S)] sequences of each own suffix row; None: no padding
+
+    @property
+    def n_prompts(self) -> int:
+        return self.eot_row.shape[0]
+
+
+@dataclass(frozen=True)
+class SharedPrefixPrompts:
+    """Prompts `[prefix (P positions, shared)][suffix (S positions, per prompt)]`, in passes of `groups`.
+
+    With one group the prefix rows are part of the pass (computed with the suffix rows); with several
+    (`text_chunk_size`), the prefix runs once on its own and every group attends to its keys and values.
+    """
+
+    n_prefix: int
+    groups: tuple[PromptGroup, ...]
+
+
+def build_prompts(suffix: Tensor, eot: Tensor, n_prefix: int, chunk: int) -> SharedPrefixPrompts:
+    """suffix [C, S, D] (token + positional embeddings after the prefix, padded), eot [C] (EOT position
+    within the suffix); `chunk` prompts per pass (0 or >= C: one pass). Everything here is frozen: built
+    once per class list."""
+    n_prompts = suffix.shape[0]
+    chunk = chunk if 0 < chunk < n_prompts else n_prompts
+    own_prefix = chunk == n_prompts  # one pass: the prefix rows come first among its own rows
+    groups = tuple(
+        _group(suffix[start : start + chunk], eot[start : start + chunk], n_prefix, n_prefix if own_prefix else 0)
+        for start in range(0, n_prompts, chunk)
+    )
+    return SharedPrefixPrompts(n_prefix, groups)
+
+
+def _group(suffix: Tensor, eot: Tensor, n_prefix: int, first_row: int) -> PromptGroup:
+    """One pass over suffix [N, S', D] with EOT positions eot [N]; its own suffix rows start at `first_row`."""
+    lengths = eot + 1  # [N] real suffix positions of each prompt
+    length = int(lengths.max())  # S: this pass's padded sequence length
+    slots = torch.arange(length, device=suffix.device)  # [S]
+    real = slots < lengths.unsqueeze(1)  # [N, S]
+    starts = torch.cumsum(lengths, 0) - lengths  # [N] first own row of each prompt
+    prompt = torch.arange(len(eot), device=suffix.device)  # [N]
+    padded = not bool(real.all())
+    return PromptGroup(
+        suffix=suffix[:, :length][real].contiguous(),  # [R, D]
+        eot_row=first_row + starts + eot,
+        eot_seq=prompt * (n_prefix + length) + n_prefix + eot,
+        # Padding slots take the prompt's EOT row (any real row would do: nothing reads them).
+        seq_index=(starts.unsqueeze(1) + torch.minimum(slots, eot.unsqueeze(1))).flatten() if padded else None,
+        out_index=(prompt.unsqueeze(1) * (n_prefix + length) + n_prefix + slots)[real] if padded else None,
+    )
+
+
+def encode(blocks: nn.ModuleList, prefix: Tensor, prompts: SharedPrefixPrompts, checkpoint_layers: bool) -> Tensor:
+    """Hidden states at each prompt's EOT token after the last block: prefix [P, D] (with positions) -> [C, D].
+
+    Several groups: the prefix runs once, then each group is checkpointed as a whole when gradients
+    flow (only its [N, D] output is kept; chunking alone would keep every chunk's graph until backward).
+    `checkpoint_layers` also recomputes each layer of a pass in backward (`checkpoint_text`).
+    """
+    if len(prompts.groups) == 1:
+        group = prompts.groups[0]
+        rows = torch.cat([prefix, group.suffix.to(prefix.dtype)])  # [P + R, D]
+        return _run(blocks, rows, group, None, checkpoint_layers)
+    prefix_qkv = _prefix_qkv(blocks, prefix)
+    recompute = torch.is_grad_enabled()
+    parts = []
+    for group in prompts.groups:
+        rows = group.suffix.to(prefix.dtype)  # [R, D]
+        if recompute:
+            run = lambda r, *qkv, g=group: _run(blocks, r, g, qkv, checkpoint_layers)  # noqa: E731
+            parts.append(torch.utils.checkpoint.checkpoint(run, rows, *prefix_qkv, use_reentrant=False))
+        else:
+            parts.append(_run(blocks, rows, group, prefix_qkv, checkpoint_layers))
+    return torch.cat(parts)  # [C, D]
+
+
+def _prefix_qkv(blocks: nn.ModuleList, x: Tensor) -> list[Tensor]:
+    """The shared prefix alone, one sequence: its packed q/k/v [P, 3D] at every layer."""
+    out = []
+    for layer, block in enumerate(blocks):
+        qkv = _qkv(block, x)  # [P, 3D]
+        out.append(qkv)
+        if layer < len(blocks) - 1:  # the last layer's prefix outputs feed nothing
+            x = _residual(block, x, _attend(block, qkv, qkv[:0], 1)[0])
+    return out
+
+
+def _run(blocks: nn.ModuleList, x: Tensor, group: PromptGroup, prefix_qkv, checkpoint_layers: bool) -> Tensor:
+    """All blocks over one pass's own rows x [T, D] -> [N, D] at the EOT rows.
+
+    prefix_qkv None: x holds the P prefix rows, then the suffix rows; else a per-layer list of the
+    prefix's q/k/v [P, 3D], and x holds only suffix rows.
+    """
+    last = len(blocks) - 1
+    for layer, block in enumerate(blocks):
+        args = (block, x, group, None if prefix_qkv is None else prefix_qkv[layer], layer == last)
+        if checkpoint_layers and torch.is_grad_enabled():
+            x = torch.utils.checkpoint.checkpoint(_layer, *args, use_reentrant=False)
+        else:
+            x = _layer(*args)
+    return x
+
+
+def _layer(block: nn.Module, x: Tensor, group: PromptGroup, prefix_qkv: Tensor | None, last: bool) -> Tensor:
+    """One residual attention block over a pass's own rows x [T, D] -> [T, D] ([N, D] EOT rows if `last`).
+    T = P + R with the prefix rows first, or R: the suffix rows (R = sum of the prompts' suffix lengths)."""
+    qkv = _qkv(block, x)  # [T, 3D]
+    n_prefix = prefix_qkv.shape[0] if prefix_qkv is not None else x.shape[0] - group.suffix.shape[0]
+    if prefix_qkv is None:
+        prefix_qkv, qkv = qkv[:n_prefix], qkv[n_prefix:]
+    if group.seq_index is not None:  # prompts of different lengths: pad each one's q/k/v to S slots
+        qkv = qkv.index_select(0, group.seq_index)  # [N*S, 3D]
+    attended = _attend(block, prefix_qkv, qkv, group.n_prompts)  # [N, P+S, D]
+    flat = attended.reshape(-1, attended.shape[-1])  # [N*(P+S), D], a view
+    if last:  # only the EOT rows feed the text feature
+        return _residual(block, x[group.eot_row], flat[group.eot_seq])  # [N, D]
+    if group.out_index is None:
+        own = attended[:, n_prefix:].reshape(-1, flat.shape[-1])  # [R, D]
+    else:
+        own = flat.index_select(0, group.out_index)  # [R, D], the real slots only
+    if x.shape[0] > own.shape[0]:  # the prefix rows are this pass's: prompt 0 computed them like every other
+        own = torch.cat([attended[0, :n_prefix], own])  # [P + R, D]
+    return _residual(block, x, own)
+
+
+def _qkv(block: nn.Module, x: Tensor) -> Tensor:
+    """nn.MultiheadAttention's packed q/k/v projection of the LayerNorm'd rows, fused: [T, D] -> [T, 3D]."""
+    attn = block.attn
+    return F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+
+
+def _attend(block: nn.Module, prefix_qkv: Tensor, suffix_qkv: Tensor, n_prompts: int) -> Tensor:
+    """Causal attention of each prompt's sequence [prefix][own suffix] -> outputs [N, P+S, D] (before out_proj).
+
+    prefix_qkv [P, 3D] is shared (broadcast, not copied, into every sequence); suffix_qkv [N*S, 3D] (padded).
+    """
+    width3 = prefix_qkv.shape[-1]
+    heads, width = block.attn.num_heads, width3 // 3
+    own = suffix_qkv.view(n_prompts, suffix_qkv.shape[0] // n_prompts, width3)  # [N, S, 3D]; S may be 0
+    sequences = torch.cat([prefix_qkv.expand(n_prompts, -1, -1), own], dim=1)  # [N, P+S, 3D]
+    length = sequences.shape[1]
+    # Split q/k/v before moving heads forward: unbind's backward then stacks the gradients straight into
+    # this [N, L, 3, H, dh] layout (one copy) instead of a stacked layout that needs a second, strided one.
+    heads_view = sequences.view(n_prompts, length, 3, heads, width // heads)
+    q, k, v = (t.transpose(1, 2) for t in heads_view.unbind(2))  # each [N, H, P+S, dh]
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [N, H, P+S, dh]
+    return out.transpose(1, 2).reshape(n_prompts, length, width)  # [N, P+S, D]; a view when out is [N, L, H, dh]
+
+
+def _residual(block: nn.Module, x: Tensor, attended: Tensor) -> Tensor:
+    """The rest of the block: out_proj, layer scale and residual, then the MLP branch. [T, D] -> [T, D]."""
+    x = x + block.ls_1(block.attn.out_proj(attended))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))

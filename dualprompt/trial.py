@@ -1,0 +1,168 @@
+"""What one trial does, without Ray: its jobs' configurations, rows, prompts and objective.
+
+`dualprompt.sweep` (the only Ray module) calls these from a trial's process or from each Ray Train worker;
+a trial is one configuration (the search's draw or a final variant), its jobs are the protocol's
+(`Protocol.jobs`), and every job ends as rows: measured, or failed with its error, never a gap.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+import traceback
+from typing import Any
+
+from .config import Config
+from .protocols import Job, get_protocol
+from .results import ResultRow
+from .storage import join
+
+FAULT_ENV = "DUALPROMPT_FAULT_ONCE"  # path of a marker file: the first trial process to create it crashes once
+PROMPTS_DIR = "_prompts"
+
+_BACKBONES: dict[tuple[Any, str], Any] = {}  # loaded once per process: a reused trial process keeps it
+
+
+def cached_backbone(cfg: Config, device: Any) -> tuple[Any, float]:
+    """The (cached) backbone of `cfg` on `device`, and the seconds it took to load here (0 when cached)."""
+    key = (cfg.backbone, str(device))
+    if key in _BACKBONES:
+        return _BACKBONES[key], 0.0
+    from .backbone import load_backbone  # torch and open_clip: only in processes that run jobs
+
+    start = time.perf_counter()
+    _BACKBONES.clear()  # one backbone at a time: a sweep uses one
+    _BACKBONES[key] = load_backbone(cfg.backbone, device)
+    return _BACKBONES[key], time.perf_counter() - start
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux /proc); covers Ray's worker start and the imports."""
+    try:
+        with open("/proc/self/stat") as handle:
+            start_ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as handle:
+            uptime = float(handle.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def row_job_key(row: dict) -> tuple:
+    return row["source_dataset"], row["seed"], row["shots"], row["fold"]
+
+
+def job_config(loop: dict[str, Any], job: Job) -> Config:
+    """The job's Config: the trial's overrides, the job's dataset, seed and shots, the protocol's epochs."""
+    cfg = Config.from_flat({**loop["overrides"], "dataset": job.dataset, "seed": job.seed, "shots": job.shots})
+    epochs = get_protocol(loop["protocol"]).epochs_for(cfg.optim.epochs, job.shots)
+    return cfg if epochs == cfg.optim.epochs else cfg.replace(epochs=epochs,
+                                                               warmup_epochs=min(cfg.optim.warmup_epochs, epochs - 1))
+
+
+def prompt_file(loop: dict[str, Any], job: Job) -> str:
+    """Where a final job's prompt goes, relative to the sweep folder."""
+    return (f"{PROMPTS_DIR}/{loop['stage']}-{loop['trial_id']}/"
+            f"{job.dataset.replace('/', '_').replace(':', '_')}-seed{job.seed}-shots{job.shots}.safetensors")
+
+
+def run_job(experiment: Any, load_error: str | None, loop: dict, job: Job, restarts: int, rank: int,
+            world: int, device: Any, timing: dict) -> list[dict]:
+    """The job's own row and one per target: measured, or failed with the error (never a gap)."""
+    import torch
+
+    start = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    common = dict(sweep=loop["sweep"], protocol=loop["protocol"], stage=loop["stage"], trial_id=loop["trial_id"],
+                  variant=loop["variant"], search_trial_id=loop["search_trial_id"], fold=job.fold,
+                  restarts=restarts, world_size=world,
+                  device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    try:
+        cfg = job_config(loop, job)
+    except Exception as exc:  # noqa: BLE001
+        cfg = Config().replace(dataset=job.dataset, seed=job.seed, shots=job.shots)
+        load_error = load_error or f"{type(exc).__name__}: {first_line(exc)}"
+    stage = get_protocol(loop["protocol"]).stage(loop["stage"])
+    relative = prompt_file(loop, job) if stage.saves_prompt and cfg.method.method != "zeroshot" else None
+    rows: list[ResultRow] = []
+    if load_error is None:
+        try:
+            destination = join(loop["rows_dir"], relative) if relative and rank == 0 else None
+            result = experiment.run(cfg, loop["stage"], loop["protocol"], job.fold, job.targets, destination)
+            terms = result.loss_terms_by_epoch or [{}]
+            rows.append(ResultRow(config=cfg, metrics=result.metrics, counts=result.counts,
+                                  standard_errors=result.standard_errors, n_train_classes=result.n_train_classes,
+                                  n_train_images=result.n_train_images, steps=result.steps,
+                                  final_loss=result.final_loss, loss_terms=terms[-1], feature_s=result.feature_s,
+                                  train_s=result.train_s, eval_s=result.eval_s, prompt_file=relative,
+                                  ray_startup_s=timing.get("ray_startup_s", 0.0),
+                                  backbone_load_s=timing.get("backbone_load_s", 0.0), **common))
+            for target, evaluated in result.targets.items():
+                rows.append(ResultRow(config=cfg.replace(dataset=target), source_dataset=job.dataset,
+                                      metrics=evaluated.metrics, counts=evaluated.counts,
+                                      standard_errors=evaluated.standard_errors, steps=0, eval_s=evaluated.eval_s,
+                                      prompt_file=relative, **common))
+        except Exception as exc:  # noqa: BLE001 - a failed job is a row, never a gap
+            traceback.print_exc()
+            if world > 1:
+                # The other ranks may be inside this job's collectives; going on would pair them with the
+                # next job's. Let Train restart the group (finished rows are checkpointed); if the job keeps
+                # failing, the trial driver writes its rows as failed.
+                raise
+            load_error = f"{type(exc).__name__}: {first_line(exc)}"
+    if load_error is not None:
+        rows = [ResultRow(config=cfg.replace(dataset=name), source_dataset=job.dataset, status="failed",
+                          error=load_error, **common) for name in (job.dataset, *job.targets)]
+    rows[0].wall_s = time.perf_counter() - start
+    rows[0].peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rows[0].peak_cuda_bytes = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return [row.to_dict() for row in rows]
+
+
+def complete_rows(rows: list[dict], loop: dict, error: str) -> list[dict]:
+    """`rows` plus failed rows for every job of the trial that has none, in job order."""
+    by_job: dict[tuple, list[dict]] = {}
+    for row in rows:
+        by_job.setdefault(row_job_key(row), []).append(row)
+    out = []
+    for job in loop["jobs"]:
+        if job.key not in by_job:
+            cfg = job_config(loop, job)
+            by_job[job.key] = [ResultRow(loop["sweep"], loop["stage"], loop["trial_id"], cfg.replace(dataset=name),
+                                         protocol=loop["protocol"], variant=loop["variant"], fold=job.fold,
+                                         search_trial_id=loop["search_trial_id"], source_dataset=job.dataset,
+                                         status="failed", error=error).to_dict()
+                               for name in (job.dataset, *job.targets)]
+        out.extend(by_job[job.key])
+    return out
+
+
+def progress(rows: list[dict], loop: dict) -> dict[str, Any]:
+    """The trial's objective so far: the mean over its jobs of the stage objective, a failed job counting 0
+    (a configuration that crashes is worse than one that works)."""
+    objective = get_protocol(loop["protocol"]).stage(loop["stage"]).objective
+    own = [r for r in rows if r["dataset"] == r["source_dataset"]]
+    ok = [r for r in own if r["status"] == "ok"]
+    return {"objective": sum(r[objective] or 0.0 for r in ok) / max(1, len(own)), "jobs": len(own),
+            "jobs_ok": len(ok)}
+
+
+def first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else repr(exc))[:300]
+
+
+def maybe_inject_fault(rank: int, job_index: int, n_jobs: int) -> None:
+    """Test hook: with $DUALPROMPT_FAULT_ONCE=<marker path>, the first rank-0 process of a multi-job trial to
+    create the marker after its first report dies (once: the marker exists from then on)."""
+    marker = os.environ.get(FAULT_ENV)
+    if not marker or rank != 0 or job_index != 0 or n_jobs < 2:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    time.sleep(3.0)  # let Train's controller register the checkpoint first (it polls every 2 s)
+    os._exit(1)
