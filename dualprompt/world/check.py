@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dualprompt.evaluate import harmonic_mean, harmonic_mean_se
+
 METHODS = ("zeroshot", "coop", "kgcoop")
 LABELS = {"zeroshot": "zero-shot CLIP", "coop": "CoOp", "kgcoop": "KgCoOp (weight 8)"}
 N_FOLDS = 2  # class folds of one search trial: pseudo-base A / pseudo-new B, and the swap
@@ -59,10 +61,6 @@ class Criterion:
         return "n/a " if math.isnan(self.value) else "PASS" if self.passed else "FAIL"
 
 
-def harmonic_mean(a: float, b: float) -> float:
-    return 2 * a * b / (a + b) if a + b > 0 else 0.0
-
-
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
 
@@ -70,17 +68,6 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def fmt(values: list[float]) -> str:
     mean, std = mean_std(values)
     return f"{mean:5.1f} ± {std:3.1f}" if not math.isnan(std) else f"{mean:5.1f}      "
-
-
-def hm_standard_error(base: float, new: float, n_base: int, n_new: int) -> float:
-    """Binomial standard error (points) of HM(base, new) for accuracies (percent) measured on n images each,
-    by the delta method: dHM/dB = 2N^2/(B+N)^2, dHM/dN = 2B^2/(B+N)^2."""
-    b, n = base / 100, new / 100
-    if b + n == 0:
-        return 0.0
-    d_b, d_n = 2 * n * n / (b + n) ** 2, 2 * b * b / (b + n) ** 2
-    var = d_b**2 * b * (1 - b) / max(1, n_base) + d_n**2 * n * (1 - n) / max(1, n_new)
-    return 100 * math.sqrt(var)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -233,7 +220,7 @@ def _objective_criterion(search: list[dict], datasets: tuple[str, ...], seeds: t
             n_classes = r["n_train_classes"]
             n_base = n_classes * min(4, r["n_train_images"] // n_classes)
             n_new = n_base + r["n_train_images"]
-            se = hm_standard_error(r["acc_val_pseudobase"], r["acc_val_pseudonew"], n_base, n_new)
+            se = harmonic_mean_se(r["acc_val_pseudobase"], n_base, r["acc_val_pseudonew"], n_new)
             variances.append(se**2)
         per_seed.append(math.sqrt(sum(variances)) / len(variances))
     mean, std = mean_std(per_seed)
