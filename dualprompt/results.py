@@ -126,19 +126,26 @@ def build_schema() -> pa.Schema:
 SCHEMA = build_schema()
 
 
-@functools.lru_cache(maxsize=1)
-def provenance() -> dict[str, Any]:
-    """Where and with what a row was made: git commit of the package checkout, package versions, host."""
+def git_state(checkout: Path) -> dict[str, Any]:
+    """`git_commit` and `git_dirty` of a checkout (unknown / None outside git). Result folders are data, not
+    code: rows a sweep writes under `results/` do not make the code that wrote them dirty."""
     out: dict[str, Any] = {"git_commit": "unknown", "git_dirty": None}
-    checkout = Path(__file__).resolve().parent.parent
     try:
         run = functools.partial(subprocess.run, cwd=checkout, capture_output=True, text=True, timeout=10,
                                 check=True)
         out["git_commit"] = run(["git", "rev-parse", "HEAD"]).stdout.strip() or "unknown"
         # --no-optional-locks: never rewrite the index of the checkout we only inspect.
-        out["git_dirty"] = bool(run(["git", "--no-optional-locks", "status", "--porcelain"]).stdout.strip())
+        status = run(["git", "--no-optional-locks", "status", "--porcelain", "--", ".", ":(exclude)results"])
+        out["git_dirty"] = bool(status.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass
+    return out
+
+
+@functools.lru_cache(maxsize=1)  # once per process: the code a process runs is the code it imported
+def provenance() -> dict[str, Any]:
+    """Where and with what a row was made: git commit of the package checkout, package versions, host."""
+    out = git_state(Path(__file__).resolve().parent.parent)
     for name, distribution in PACKAGES.items():
         try:
             out[f"{name}_version"] = metadata.version(distribution)

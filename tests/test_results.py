@@ -101,6 +101,22 @@ def test_row_to_dict_matches_schema_and_carries_provenance():
     assert row["host"] == socket.gethostname() and row["python_version"] == platform.python_version()
 
 
+def test_git_dirty_means_code_changed_not_results_written(tmp_path):
+    from dualprompt.results import git_state
+
+    git = lambda *args: subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "code")
+    (tmp_path / "results" / "base2new" / "example").mkdir(parents=True)
+    (tmp_path / "results" / "base2new" / "example" / "search-1.parquet").write_bytes(b"rows")
+    state = git_state(tmp_path)
+    assert len(state["git_commit"]) == 40 and state["git_dirty"] is False  # a sweep's own rows
+    (tmp_path / "code.py").write_text("x = 2  # edited\n")
+    assert git_state(tmp_path)["git_dirty"] is True  # an edit to the code
+
+
 def test_write_then_read_round_trips(tmp_path):
     failed = ResultRow("demo", "search", "t1", Config().replace(seed=2), status="failed", error="RuntimeError: boom",
                        final_loss=math.nan)

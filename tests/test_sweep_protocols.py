@@ -143,3 +143,17 @@ def test_domain_generalization_and_few_shot_sweeps_write_their_tables(tmp_path):
     text = report(tmp_path / "results" / "fs")
     assert "accuracy_vs_shots.png" in text
     assert (tmp_path / "results" / "fs" / "_report" / "accuracy_vs_shots.png").is_file()
+
+
+@pytest.mark.timeout(500)
+def test_a_folder_of_class_folders_is_a_dataset_of_the_sweep(tmp_path):
+    from image_folders import world_image_folder
+
+    folder = world_image_folder(tmp_path / "my photos", n_classes=8, per_class=20)
+    name = f"folder:{folder}"
+    sweep("base2new.py", ["--datasets", name, "--num-samples", "2", "--seeds", "1", "--validate-top", "0",
+                          "--storage-path", str(tmp_path / "results"), "--name", "mine"], sweep_env(tmp_path))
+    rows = read_results(tmp_path / "results" / "mine")
+    check_stage_rows(rows, "base2new")
+    assert set(rows["dataset"]) == {name}
+    assert (folder / "split.json").is_file()  # the split made for the folder is recorded in it
