@@ -546,7 +546,7 @@ def print_text_share(meta: dict, rates: dict[str, tuple[float, float | None]]) -
     print("text step share of the matmul probe = (b)'s train steps/s x the text pass's FLOPs / the 2048x2048 fp32 "
           "matmul probe's FLOP/s (the CPU-time row divides CPU seconds by CPU seconds: with --threads 1 it barely "
           "moves when other jobs share the machine; the wall-clock row is what an idle machine shows):")
-    unshared_head = "counted in unshared FLOPs (issue 7's count)" if prefix else ""
+    unshared_head = "counted in unshared FLOPs (whole prompts)" if prefix else ""
     print(f"  {'':11} {'probe GFLOP/s':>14} {'(b) steps/s':>12} {'executed FLOPs':>15}  {unshared_head}")
     for clock, (steps, probe) in rates.items():
         if probe is None:
@@ -657,7 +657,7 @@ def _problem(args: argparse.Namespace) -> Problem:
 def problem_meta(problem: Problem) -> dict:
     """Sizes of the problem and the text-encoder work per step in each loop: (a) full context; (b) as run
     (the shared prefix once, when the backbone's tower allows it); (b) unshared, each prompt whole up to
-    the longest EOT (issue 7's pass, the work the "22% of the probe" was counted in)."""
+    the longest EOT (the pass before the shared prefix, the work the earlier share was counted in)."""
     backbone, learner = problem.backbone, problem.learner(PromptLearner)
     ours, full = prompt_length(learner, problem.classnames), backbone.context_length
     n, prefix = len(problem.classnames), 1 + learner.n_ctx

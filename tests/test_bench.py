@@ -92,7 +92,7 @@ def test_flop_estimate_equals_torch_flop_counter(test_clip, kind, n_ctx):
 
 
 def test_unshared_flop_estimate_equals_torch_flop_counter(test_clip):
-    """The whole-prompt pass (`encode_embeddings`, the fallback and issue 7's (b)) keeps its own formula."""
+    """The whole-prompt pass (`encode_embeddings`, the fallback and the earlier (b)) keeps its own formula."""
     learner = PromptLearner(test_clip, PromptConfig())
     names = ("red circle", "a much longer class name with many words", "dog")
     embeddings, eot = learner._frozen_tokens(names)

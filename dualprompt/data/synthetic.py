@@ -106,7 +106,7 @@ DATASETS: dict[str, SyntheticDataset] = {
     ),
 }
 
-# The other protocols' offline miniatures (issue 12), as data.
+# The other protocols' offline miniatures, as data.
 CROSS_DATASET: dict[str, object] = {"source": SOURCE_DATASET, "targets": BASE_TO_NEW_DATASETS}
 DOMAIN_GENERALISATION: dict[str, object] = {
     "source": SOURCE_DATASET,
