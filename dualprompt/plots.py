@@ -23,6 +23,9 @@ def _save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
+MARKERS = "os^Dvp*hXP<>"
+
+
 def tradeoff(summary: pd.DataFrame, path: Path) -> None:
     """Base-to-new: base vs new accuracy, one marker per variant, one colour per dataset, HM iso-curves."""
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
@@ -37,7 +40,8 @@ def tradeoff(summary: pd.DataFrame, path: Path) -> None:
             ax.plot(b[keep], n[keep], color="0.85", lw=0.8, zorder=0)
             if h > lo:  # label where the curve crosses the diagonal base = new
                 ax.annotate(f"HM {h}", (h, h), fontsize=7, color="0.5", ha="left", va="bottom")
-    markers = dict(zip(dict.fromkeys(summary["variant"]), "os^Dvp*hXP<>", strict=False))
+    variants = dict.fromkeys(summary["variant"])  # a marker each, reused past 12 (e.g. --validate-top 16)
+    markers = {variant: MARKERS[index % len(MARKERS)] for index, variant in enumerate(variants)}
     datasets = [d for d in dict.fromkeys(summary["dataset"]) if d != AVERAGE]
     colours = dict(zip(datasets, plt.cm.tab10.colors * 3, strict=False))
     for r in data.itertuples():

@@ -137,6 +137,16 @@ def test_transfer_and_few_shot_tables():
     assert curve[("average", 1)] == pytest.approx(10.5) and curve[("average", 2)] == pytest.approx(20.5)
 
 
+def test_tradeoff_plot_takes_more_variants_than_it_has_markers(tmp_path):
+    from dualprompt.plots import MARKERS, tradeoff
+
+    variants = ["zeroshot", "coop", "kgcoop", "defaults", "best", *(f"top{k}" for k in range(2, 18))]  # validate-top 16
+    assert len(variants) > len(MARKERS)
+    rows = [final(v, "synthetic_a", 1, 60.0 + i, 50.0 + i / 2) for i, v in enumerate(variants)]
+    tradeoff(summarise(frame(rows)), tmp_path / "tradeoff.png")
+    assert (tmp_path / "tradeoff.png").stat().st_size > 5000
+
+
 def test_mixed_backbones_are_refused():
     rows = [final("coop", "a", 1, 80.0, 40.0),
             final("coop", "b", 1, 80.0, 40.0, backbone="ViT-B-16", pretrained="openai")]
