@@ -95,8 +95,9 @@ class SweepSpec:
 
     @property
     def local_mode(self) -> bool:
-        """Jobs run in the trial's own process: one worker and no GPU (the cluster path keeps Train)."""
-        return self.workers_per_trial == 1 and self.gpus_per_trial == 0
+        """Jobs run in the trial's own process: a private local Ray, one worker, no GPU. A joined cluster keeps
+        Train's worker groups: trial drivers stay on the head (which trains nothing), workers on the workers."""
+        return self.address == "local" and self.workers_per_trial == 1 and self.gpus_per_trial == 0
 
 
 def run_sweep(spec: SweepSpec) -> int:

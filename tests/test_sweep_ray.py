@@ -139,9 +139,11 @@ def test_rerunning_a_finished_sweep_changes_nothing(smoke):
 
 @pytest.mark.timeout(420)
 def test_interrupted_sweep_resumes_without_lost_or_duplicate_rows(tmp_path):
-    samples = 3
-    args = [*SMOKE, "--stage", "search", "--num-samples", str(samples), "--storage-path", str(tmp_path / "results"),
-            "--name", "resume"]
+    # Single-process trials take a fraction of a second at the smoke budget; 100 epochs and 8 trials keep the
+    # sweep running for seconds after its first row, so the interrupt lands mid-sweep.
+    samples = 8
+    args = [*SMOKE, "--stage", "search", "--num-samples", str(samples), "--epochs", "100", "--storage-path",
+            str(tmp_path / "results"), "--name", "resume"]
     rows_dir = tmp_path / "results" / "resume"
     env = sweep_env(tmp_path)
     driver = subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
