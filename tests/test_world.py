@@ -18,9 +18,7 @@ from dualprompt.data.readers import load_dataset
 from dualprompt.data.sampling import pseudo_split, sample_few_shot, subsample_classes
 from dualprompt.data.synthetic import (
     BASE_TO_NEW_DATASETS,
-    CROSS_DATASET,
     DATASETS,
-    DOMAIN_GENERALISATION,
     MARKER_FILE,
     OFFLINE_TRAINING,
     SOURCE_DATASET,
@@ -196,15 +194,18 @@ def test_pretraining_sees_every_class_in_every_style():
 
 
 def test_protocol_miniatures_are_declared_as_data():
+    from dualprompt.protocols import get_protocol
+
+    xd, dg = get_protocol("cross_dataset"), get_protocol("domain_generalization")
     source = DATASETS[SOURCE_DATASET]
-    assert CROSS_DATASET["source"] == DOMAIN_GENERALISATION["source"] == SOURCE_DATASET
+    assert xd.default_offline_datasets == dg.default_offline_datasets == (SOURCE_DATASET,)
     assert source.styles == ("photo",) and not source.test_only
     # Cross-dataset: every target has classes the source never trained on, in a style it never saw.
-    for target in CROSS_DATASET["targets"]:
+    for target in xd.default_offline_targets:
         assert set(DATASETS[target].classes) - set(source.classes)
         assert "photo" not in DATASETS[target].styles
     # Domain generalisation: the source's classes (or a subset) in other renderings, test only.
-    for target in DOMAIN_GENERALISATION["targets"]:
+    for target in dg.default_offline_targets:
         spec, dataset = SYNTHETIC_SPECS[target], DATASETS[target]
         assert spec.test_only and dataset.test_only
         assert set(dataset.classes) <= set(source.classes)

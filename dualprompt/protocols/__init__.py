@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..data.synthetic import BASE_TO_NEW_DATASETS, DOMAIN_GENERALISATION_TARGETS, SOURCE_DATASET
+
 CLASS_SETS = ("all", "base", "new", "pseudobase", "pseudonew")
 SPLITS = ("test", "val", "heldout")  # heldout: the few-shot train + val images of classes never trained on
 STAGES = ("search", "final")
@@ -130,12 +132,11 @@ class Protocol:
 # The field's eleven base-to-new / few-shot datasets (cross-dataset: ImageNet is the source, the rest targets).
 BENCHMARK_DATASETS = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
                       "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101")
-# Their miniatures in the offline world (dualprompt.data.synthetic): one dataset per image style, and a
-# photo-style source whose classes are also rendered as test-only domain shifts.
-OFFLINE_BASE_TO_NEW = ("synthetic_noisy", "synthetic_blurry", "synthetic_pixelated", "synthetic_sketch",
-                       "synthetic_faded")
-OFFLINE_SOURCE = "synthetic_source"
-OFFLINE_DG_TARGETS = ("synthetic_source_v2", "synthetic_source_sketch", "synthetic_source_a", "synthetic_source_r")
+# Their miniatures in the offline world (declared in dualprompt.data.synthetic): one dataset per image style,
+# and a photo-style source whose classes are also rendered as test-only domain shifts.
+OFFLINE_BASE_TO_NEW: tuple[str, ...] = BASE_TO_NEW_DATASETS
+OFFLINE_SOURCE: str = SOURCE_DATASET
+OFFLINE_DG_TARGETS: tuple[str, ...] = DOMAIN_GENERALISATION_TARGETS
 
 # The search of the two source-only protocols: the pseudo split of the source's own classes.
 SOURCE_SEARCH = Stage(
@@ -144,6 +145,16 @@ SOURCE_SEARCH = Stage(
     evaluations=(Evaluation("acc_val_pseudobase", "pseudobase", "val"),
                  Evaluation("acc_val_pseudonew", "pseudonew", "heldout")),
     objective="hm_val",
+)
+
+# Their final stage: the source's own test set, then the saved prompt on each target untouched.
+TRANSFER_FINAL = Stage(
+    pool="all",
+    train_classes="all",
+    evaluations=(Evaluation("acc_test", "all", "test"),),
+    objective="acc_test",
+    saves_prompt=True,
+    evaluates_targets=True,
 )
 
 

@@ -11,20 +11,13 @@ for classes the prompt was not tuned on. No target image is ever evaluated in th
 
 from __future__ import annotations
 
-from . import BENCHMARK_DATASETS, OFFLINE_BASE_TO_NEW, OFFLINE_SOURCE, SOURCE_SEARCH, Evaluation, Protocol, Stage
+from . import BENCHMARK_DATASETS, OFFLINE_BASE_TO_NEW, OFFLINE_SOURCE, SOURCE_SEARCH, TRANSFER_FINAL, Protocol
 
 PROTOCOL = Protocol(
     name="cross_dataset",
     title="Cross-dataset transfer",
     search=SOURCE_SEARCH,
-    final=Stage(
-        pool="all",
-        train_classes="all",
-        evaluations=(Evaluation("acc_test", "all", "test"),),
-        objective="acc_test",
-        saves_prompt=True,
-        evaluates_targets=True,
-    ),
+    final=TRANSFER_FINAL,
     uses_targets=True,
     default_real_datasets=("imagenet",),
     default_real_targets=tuple(d for d in BENCHMARK_DATASETS if d != "imagenet"),

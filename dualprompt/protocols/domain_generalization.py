@@ -10,20 +10,13 @@ are never seen.
 
 from __future__ import annotations
 
-from . import OFFLINE_DG_TARGETS, OFFLINE_SOURCE, SOURCE_SEARCH, Evaluation, Protocol, Stage
+from . import OFFLINE_DG_TARGETS, OFFLINE_SOURCE, SOURCE_SEARCH, TRANSFER_FINAL, Protocol
 
 PROTOCOL = Protocol(
     name="domain_generalization",
     title="Domain generalisation",
     search=SOURCE_SEARCH,
-    final=Stage(
-        pool="all",
-        train_classes="all",
-        evaluations=(Evaluation("acc_test", "all", "test"),),
-        objective="acc_test",
-        saves_prompt=True,
-        evaluates_targets=True,
-    ),
+    final=TRANSFER_FINAL,
     uses_targets=True,
     default_real_datasets=("imagenet",),
     default_real_targets=("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"),

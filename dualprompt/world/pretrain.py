@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 from dualprompt.data.synthetic import (
     BASE_TO_NEW_DATASETS,
     DATASETS,
-    DOMAIN_GENERALISATION,
+    DOMAIN_GENERALISATION_TARGETS,
     GENERATOR_VERSION,
     SOURCE_DATASET,
     TEMPLATE,
@@ -155,7 +155,7 @@ def measure_zero_shot(checkpoint: Path, data_root: Path) -> dict:
             "base_style_matched": styled["acc_test_base"],
             "new_style_matched": styled["acc_test_new"],
         }
-    for name in (SOURCE_DATASET, *DOMAIN_GENERALISATION["targets"]):
+    for name in (SOURCE_DATASET, *DOMAIN_GENERALISATION_TARGETS):
         results[name] = {"all_classes": dataset_accuracy(backbone, name, data_root)}
     return results
 
