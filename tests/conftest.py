@@ -35,3 +35,12 @@ def isolated_dirs(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("DUALPROMPT_DATA_ROOT", str(tmp_path / "data"))
     monkeypatch.setenv("DUALPROMPT_CACHE_DIR", str(tmp_path / "features"))
     return tmp_path
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny ops run fastest on one thread, and far slower with more threads than free cores (shared CI)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -17,13 +17,7 @@ from dualprompt.prompt_learner import PromptLearner
 PROMPTS = ["a photo of a dog.", "a photo of a great crested newt, a type of amphibian.", "x."]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops run fastest on one thread, and far slower with more threads than free cores (shared CI)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_truncated_encoding_matches_full_context(test_clip):

@@ -31,13 +31,7 @@ LOSS_RTOL = 1e-4
 SMALL = {"shots": 4, "n_views": 2, "batch_size": 8, "steps": 15, "test_images": 100, "lr": 0.02}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops run fastest on one thread, and far slower with more threads than free cores (shared CI)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_same_accuracy(problem, field: dict, ours: dict) -> None:
