@@ -12,18 +12,12 @@ on). The true new classes and every test image stay unseen. With two folds each 
 
 from __future__ import annotations
 
-from . import BENCHMARK_DATASETS, OFFLINE_BASE_TO_NEW, Evaluation, Protocol, Stage
+from . import BENCHMARK_DATASETS, OFFLINE_BASE_TO_NEW, Evaluation, Protocol, Stage, pseudo_split_search
 
 PROTOCOL = Protocol(
     name="base2new",
     title="Base-to-new generalisation",
-    search=Stage(
-        pool="base",
-        train_classes="pseudobase",
-        evaluations=(Evaluation("acc_val_pseudobase", "pseudobase", "val"),
-                     Evaluation("acc_val_pseudonew", "pseudonew", "heldout")),
-        objective="hm_val",
-    ),
+    search=pseudo_split_search("base"),
     final=Stage(
         pool="base",
         train_classes="base",
