@@ -93,6 +93,29 @@ def test_variation_shifts_the_image_distribution():
     assert hard_roughness > 1.5 * default_roughness
 
 
+
+@pytest.mark.parametrize("style", [s for s in STYLES if s != "photo"])
+def test_severity_moves_a_style_towards_the_photo(style):
+    """A milder severity makes the same scene (same draws) closer to its photo rendering: monotonically,
+    and for the image-level corruptions at severity 0 within the photo style's own noise."""
+    def distance_to_photo(severity: float) -> float:
+        gaps = []
+        for seed in range(12):
+            styled = render("red", "star", style, np.random.default_rng(seed), Variation(severity=severity))
+            photo = render("red", "star", "photo", np.random.default_rng(seed))
+            gaps.append(np.abs(np.asarray(styled, np.float32) - np.asarray(photo, np.float32)).mean())
+        return float(np.mean(gaps))
+
+    gaps = [distance_to_photo(s) for s in (1.0, 0.5, 0.0)]
+    assert gaps[0] > gaps[1] > gaps[2], gaps
+    if style != "sketch":  # a sketch keeps its paper background at every severity
+        assert gaps[2] < 6.0, gaps
+
+
+def test_severity_outside_its_range_is_refused():
+    with pytest.raises(ValueError, match="Variation.severity must lie in"):
+        Variation(severity=1.5)
+
 def test_render_rejects_unknown_attribute():
     with pytest.raises(ValueError, match="Unknown colour"):
         render("teal", "circle", "photo", np.random.default_rng(0))

@@ -78,7 +78,10 @@ class Variation:
     scale: shape radius as a fraction of the image side; background: grey level of the background
     (non-sketch styles); colour_jitter: +- per channel around the colour's RGB; noise: extra Gaussian
     pixel noise std on top of the style's own (None: none); fade: extra pull of every pixel towards
-    light grey, 0 = none, 1 = blank (None: none).
+    light grey, 0 = none, 1 = blank (None: none); severity: strength of the style's own corruption, as
+    ImageNet-C's severities: 1 = pretraining's, 0 = none (a photo with the style's name); it scales the
+    noise std, the fade, the blur radius and the pixel block size, and fills a sketch's interior with
+    opacity 1 - severity. The random draws do not depend on it.
     """
 
     scale: tuple[float, float] = (0.17, 0.33)
@@ -86,6 +89,11 @@ class Variation:
     colour_jitter: float = 15.0
     noise: tuple[float, float] | None = None
     fade: tuple[float, float] | None = None
+    severity: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.severity <= 1.0:
+            raise ValueError(f"Variation.severity must lie in [0, 1], got {self.severity}.")
 
 
 PRETRAINING = Variation()  # the distribution pretraining draws from, and every base-to-new dataset
@@ -149,7 +157,8 @@ def render(
     if style == "sketch":
         # A line drawing on light paper: only the outline, in the shape's colour.
         background = _background(rng, 220, 245)
-        alpha = np.clip(_outline(mask), 0.0, 1.0)[:, :, None]
+        outline = np.clip(_outline(mask), 0.0, 1.0)
+        alpha = np.maximum(outline, mask * (1.0 - variation.severity))[:, :, None]
     else:
         background = _background(rng, *variation.background)
         alpha = mask[:, :, None]
@@ -159,22 +168,24 @@ def render(
 
 def _apply_style(pixels: np.ndarray, style: str, rng: np.random.Generator, variation: Variation) -> Image.Image:
     """Apply the image-level corruption of `style` (and the variation's extras) to float pixels [H, W, 3]."""
-    noise_std = {"noisy": rng.uniform(22, 38)}.get(style, 3.0)
+    severity = variation.severity
+    noise_std = {"noisy": max(3.0, severity * rng.uniform(22, 38))}.get(style, 3.0)
     if variation.noise is not None:
         noise_std = math.hypot(noise_std, rng.uniform(*variation.noise))
     pixels = pixels + rng.normal(0.0, noise_std, size=pixels.shape).astype(np.float32)
     if style == "faded":
         # Low contrast: pull everything towards a light grey.
-        amount = rng.uniform(0.5, 0.65)
+        amount = severity * rng.uniform(0.5, 0.65)
         pixels = pixels * (1.0 - amount) + 210.0 * amount
     if variation.fade is not None:
         amount = rng.uniform(*variation.fade)
         pixels = pixels * (1.0 - amount) + 210.0 * amount
     image = _to_image(pixels)
     if style == "blurry":
-        image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(1.4, 2.0))))
+        image = image.filter(ImageFilter.GaussianBlur(radius=severity * float(rng.uniform(1.4, 2.0))))
     elif style == "pixelated":
-        blocks = int(rng.integers(7, 10))
+        # Blocks per side; a milder severity makes the blocks smaller (severity 0: one per pixel).
+        blocks = min(IMAGE_SIZE, round(int(rng.integers(7, 10)) / max(severity, 1e-6)))
         image = image.resize((blocks, blocks), Image.Resampling.BOX)
         image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.NEAREST)
     return image
