@@ -19,6 +19,10 @@ METHODS = ("zeroshot", "coop", "kgcoop", "dualprompt")
 AUG_VARIANTS = ("mix", "virtual")
 PRECISIONS = ("fp32", "amp")
 SAMPLING_MODES = ("stable", "coop")
+# Where this machine keeps the datasets and the feature cache: places, not data (the dataset's name and
+# the catalogue say which data), and a path on one machine means nothing on another, so what a job leaves
+# behind (result rows, prompt files) records them as "" (the reader's own default); see `portable_flat`.
+MACHINE_LOCAL_FIELDS = ("data_root", "cache_dir")
 
 
 class ConfigError(DualpromptError):
@@ -157,6 +161,10 @@ class Config:
         for section in SECTIONS:
             flat.update(dataclasses.asdict(getattr(self, section)))
         return flat
+
+    def portable_flat(self) -> dict[str, Any]:
+        """`to_flat` with the machine-local fields blanked: what result rows and prompt files record."""
+        return {**self.to_flat(), **dict.fromkeys(MACHINE_LOCAL_FIELDS, "")}
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> Config:

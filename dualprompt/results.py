@@ -102,7 +102,7 @@ _MEASURED = [
     pa.field("device", pa.string()),
     pa.field("world_size", pa.int64()),
     pa.field("restarts", pa.int64()),  # job-loop restarts from a checkpoint before this job ran
-    pa.field("config_json", pa.string()),  # the full resolved Config, flat
+    pa.field("config_json", pa.string()),  # the full resolved Config, flat (machine-local paths blanked)
 ]
 _PROVENANCE = [
     pa.field("git_commit", pa.string(), nullable=False),
@@ -197,7 +197,7 @@ class ResultRow:
 
     def to_dict(self) -> dict[str, Any]:
         """The row as a dict with exactly the schema's columns (provenance of this process included)."""
-        flat = self.config.to_flat()
+        flat = self.config.portable_flat()
         for given, known, kind in ((self.metrics, METRICS, "Metric"), (self.counts, COUNTS, "Count"),
                                    (self.standard_errors, STANDARD_ERRORS, "Standard error")):
             unknown = sorted(set(given) - set(known))

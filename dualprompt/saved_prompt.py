@@ -52,7 +52,7 @@ def save_prompt(learner: PromptLearner, cfg: Config, destination: str, trained_o
     metadata = {
         "format": PROMPT_FORMAT,
         "format_version": FORMAT_VERSION,
-        "config": json.dumps(cfg.to_flat(), sort_keys=True),
+        "config": json.dumps(cfg.portable_flat(), sort_keys=True),
         "weights_id": backbone.weights_id,
         "provenance": json.dumps(provenance(), sort_keys=True, default=str),
         "trained_on": json.dumps(trained_on, sort_keys=True),

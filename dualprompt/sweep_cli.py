@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .config import Config, parse_assignment, parse_value
+from .config import MACHINE_LOCAL_FIELDS, Config, parse_assignment, parse_value
 from .data.catalogue import default_data_root, get_spec
 from .data.check import check_dataset
 from .errors import DualpromptError, UsageError
@@ -37,7 +37,7 @@ OFFLINE_BACKBONE = "tiny-synthetic"
 SEARCH_SEEDS = (1,)  # few-shot seeds of a search trial; the final stage uses --seeds
 FINAL_SEEDS = (1, 2, 3)
 SWEEP_KEYS = ("dataset", "seed", "method")  # set by the sweep itself, never by --set
-LOCAL_KEYS = (*SWEEP_KEYS, "data_root", "cache_dir")  # may differ between machines resuming one sweep
+LOCAL_KEYS = (*SWEEP_KEYS, *MACHINE_LOCAL_FIELDS)  # may differ between machines resuming one sweep
 SMOKE_CONFIG = {"epochs": 2, "warmup_epochs": 0, "shots": 4, "n_views": 2}
 SMOKE_SAMPLES = 2
 

@@ -189,10 +189,10 @@ def final_objective(rows: pd.DataFrame) -> pd.DataFrame:
 
 def searched_params(rows: pd.DataFrame) -> list[str]:
     """The Config fields that vary between search trials (what the search tuned)."""
-    from .config import FIELD_TYPE
+    from .config import FIELD_TYPE, MACHINE_LOCAL_FIELDS
 
     search = rows[rows["stage"] == "search"]
-    fixed = {"method", "dataset", "seed", "data_root", "cache_dir"}
+    fixed = {"method", "dataset", "seed", *MACHINE_LOCAL_FIELDS}  # rows of older versions recorded the paths
     return [n for n in FIELD_TYPE if n in search and n not in fixed and search[n].nunique(dropna=True) > 1]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import socket
@@ -99,6 +100,15 @@ def test_row_to_dict_matches_schema_and_carries_provenance():
     assert row["git_commit"] == (head.stdout.strip() if head.returncode == 0 else "unknown")
     assert torch.__version__.startswith(row["torch_version"])  # the distribution's version, e.g. 2.3.1 of 2.3.1+cpu
     assert row["host"] == socket.gethostname() and row["python_version"] == platform.python_version()
+
+
+def test_rows_record_no_path_of_the_machine_that_wrote_them():
+    """Where a machine keeps its datasets and feature cache is a place, not data: rows record "" for both."""
+    local = Config().replace(data_root="/machine/data", cache_dir="/machine/cache", n_ctx=8)
+    row = ResultRow("demo", "search", "t1", local, metrics={"hm_val": 50.0}).to_dict()
+    recorded = json.loads(row["config_json"])
+    assert row["data_root"] == row["cache_dir"] == recorded["data_root"] == recorded["cache_dir"] == ""
+    assert row["n_ctx"] == recorded["n_ctx"] == 8  # everything else as configured
 
 
 def test_git_dirty_means_code_changed_not_results_written(tmp_path):

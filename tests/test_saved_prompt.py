@@ -66,7 +66,9 @@ def test_a_prompt_classifies_any_class_names_and_zero_shot_needs_no_file(tiny_cl
 
     learner = PromptLearner(tiny_clip, Config().prompt, torch.Generator().manual_seed(0))
     path = str(tmp_path / "p.safetensors")
-    save_prompt(learner, Config(), path, {"dataset": "none"})
+    save_prompt(learner, Config().replace(data_root="/machine/data", cache_dir="/machine/cache"), path,
+                {"dataset": "none"})
+    assert load_prompt(path, backbone=tiny_clip).config == Config()  # the file names no path of this machine
     images = [render("red", "circle", "photo", np.random.default_rng(i)) for i in range(3)]
     names = ["red circle", "blue star", "green heart"]
     for prompt in (load_prompt(path, backbone=tiny_clip), ZeroShotPrompt(tiny_clip)):
