@@ -93,7 +93,6 @@ def test_variation_shifts_the_image_distribution():
     assert hard_roughness > 1.5 * default_roughness
 
 
-
 @pytest.mark.parametrize("style", [s for s in STYLES if s != "photo"])
 def test_severity_moves_a_style_towards_the_photo(style):
     """A milder severity makes the same scene (same draws) closer to its photo rendering: monotonically,
@@ -115,6 +114,7 @@ def test_severity_moves_a_style_towards_the_photo(style):
 def test_severity_outside_its_range_is_refused():
     with pytest.raises(ValueError, match="Variation.severity must lie in"):
         Variation(severity=1.5)
+
 
 def test_render_rejects_unknown_attribute():
     with pytest.raises(ValueError, match="Unknown colour"):
