@@ -15,7 +15,8 @@ import pytest
 from test_sweep_ray import sweep_env
 
 from dualprompt import load_prompt
-from dualprompt.protocols import OFFLINE_DG_TARGETS, OFFLINE_SOURCE, get_protocol
+from dualprompt.data.synthetic import DOMAIN_GENERALISATION_TARGETS, SOURCE_DATASET
+from dualprompt.protocols import get_protocol
 from dualprompt.results import KEY_COLUMNS, read_results
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -108,16 +109,16 @@ def test_cross_dataset_evaluates_the_source_prompt_on_targets_without_training(t
     rows = read_results(tmp_path / "results" / "xd")
     check_stage_rows(rows, "cross_dataset")
     final = rows[rows["stage"] == "final"]
-    source, targets = final[final["dataset"] == OFFLINE_SOURCE], final[final["dataset"] != OFFLINE_SOURCE]
+    source, targets = final[final["dataset"] == SOURCE_DATASET], final[final["dataset"] != SOURCE_DATASET]
     assert set(targets["dataset"]) == {"synthetic_blurry", "synthetic_sketch"} and len(targets) == 2 * len(source)
-    assert (targets["steps"] == 0).all() and (targets["source_dataset"] == OFFLINE_SOURCE).all()
+    assert (targets["steps"] == 0).all() and (targets["source_dataset"] == SOURCE_DATASET).all()
     assert targets["n_train_images"].isna().all() and (source.loc[source["method"] != "zeroshot", "steps"] > 0).all()
     search = rows[rows["stage"] == "search"]
-    assert set(search["dataset"]) == {OFFLINE_SOURCE}  # the search never touches a target
+    assert set(search["dataset"]) == {SOURCE_DATASET}  # the search never touches a target
     coop = final[final["variant"] == "coop"]
     assert coop["prompt_file"].nunique() == 1  # the targets were evaluated with the source's saved prompt
     prompt = load_prompt(tmp_path / "results" / "xd" / coop["prompt_file"].iloc[0])
-    assert prompt.trained_on["dataset"] == OFFLINE_SOURCE and prompt.config.method.method == "coop"
+    assert prompt.trained_on["dataset"] == SOURCE_DATASET and prompt.config.method.method == "coop"
     text = report(tmp_path / "results" / "xd")
     assert "target average" in text and "synthetic_sketch" in text
 
@@ -129,7 +130,7 @@ def test_domain_generalization_and_few_shot_sweeps_write_their_tables(tmp_path):
     rows = read_results(tmp_path / "results" / "dg")
     check_stage_rows(rows, "domain_generalization")
     final = rows[rows["stage"] == "final"]
-    assert set(final["dataset"]) == {OFFLINE_SOURCE, OFFLINE_DG_TARGETS[0]}
+    assert set(final["dataset"]) == {SOURCE_DATASET, DOMAIN_GENERALISATION_TARGETS[0]}
     assert "target average" in report(tmp_path / "results" / "dg")
 
     sweep("few_shot.py", ["--storage-path", str(tmp_path / "results"), "--name", "fs", "--validate-top", "0"],

@@ -20,8 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..data.synthetic import BASE_TO_NEW_DATASETS, DOMAIN_GENERALISATION_TARGETS, SOURCE_DATASET
-
 CLASS_SETS = ("all", "base", "new", "pseudobase", "pseudonew")
 SPLITS = ("test", "val", "heldout")  # heldout: the few-shot train + val images of classes never trained on
 STAGES = ("search", "final")
@@ -129,14 +127,11 @@ class Protocol:
         return tuple(Job(d, s, k, 0, targets) for d in scope.datasets for k in scope.shots for s in scope.seeds)
 
 
-# The field's eleven base-to-new / few-shot datasets (cross-dataset: ImageNet is the source, the rest targets).
+# The field's eleven base-to-new / few-shot datasets (cross-dataset: ImageNet is the source, the rest targets);
+# their miniatures in the offline world are declared in dualprompt.data.synthetic.
 BENCHMARK_DATASETS = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
                       "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101")
-# Their miniatures in the offline world (declared in dualprompt.data.synthetic): one dataset per image style,
-# and a photo-style source whose classes are also rendered as test-only domain shifts.
-OFFLINE_BASE_TO_NEW: tuple[str, ...] = BASE_TO_NEW_DATASETS
-OFFLINE_SOURCE: str = SOURCE_DATASET
-OFFLINE_DG_TARGETS: tuple[str, ...] = DOMAIN_GENERALISATION_TARGETS
+
 
 def pseudo_split_search(pool: str) -> Stage:
     """The leak-free search inside `pool`: train on its pseudo-base half, score the HM of that half's validation

@@ -12,7 +12,8 @@ on). The true new classes and every test image stay unseen. With two folds each 
 
 from __future__ import annotations
 
-from . import BENCHMARK_DATASETS, OFFLINE_BASE_TO_NEW, Evaluation, Protocol, Stage, pseudo_split_search
+from ..data.synthetic import BASE_TO_NEW_DATASETS
+from . import BENCHMARK_DATASETS, Evaluation, Protocol, Stage, pseudo_split_search
 
 PROTOCOL = Protocol(
     name="base2new",
@@ -26,5 +27,5 @@ PROTOCOL = Protocol(
         saves_prompt=True,
     ),
     default_real_datasets=BENCHMARK_DATASETS,
-    default_offline_datasets=OFFLINE_BASE_TO_NEW,
+    default_offline_datasets=BASE_TO_NEW_DATASETS,
 )

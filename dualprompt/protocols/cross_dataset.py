@@ -11,7 +11,8 @@ for classes the prompt was not tuned on. No target image is ever evaluated in th
 
 from __future__ import annotations
 
-from . import BENCHMARK_DATASETS, OFFLINE_BASE_TO_NEW, OFFLINE_SOURCE, SOURCE_SEARCH, TRANSFER_FINAL, Protocol
+from ..data.synthetic import BASE_TO_NEW_DATASETS, SOURCE_DATASET
+from . import BENCHMARK_DATASETS, SOURCE_SEARCH, TRANSFER_FINAL, Protocol
 
 PROTOCOL = Protocol(
     name="cross_dataset",
@@ -21,6 +22,6 @@ PROTOCOL = Protocol(
     uses_targets=True,
     default_real_datasets=("imagenet",),
     default_real_targets=tuple(d for d in BENCHMARK_DATASETS if d != "imagenet"),
-    default_offline_datasets=(OFFLINE_SOURCE,),
-    default_offline_targets=OFFLINE_BASE_TO_NEW,
+    default_offline_datasets=(SOURCE_DATASET,),
+    default_offline_targets=BASE_TO_NEW_DATASETS,
 )

@@ -10,7 +10,8 @@ are never seen.
 
 from __future__ import annotations
 
-from . import OFFLINE_DG_TARGETS, OFFLINE_SOURCE, SOURCE_SEARCH, TRANSFER_FINAL, Protocol
+from ..data.synthetic import DOMAIN_GENERALISATION_TARGETS, SOURCE_DATASET
+from . import SOURCE_SEARCH, TRANSFER_FINAL, Protocol
 
 PROTOCOL = Protocol(
     name="domain_generalization",
@@ -20,6 +21,6 @@ PROTOCOL = Protocol(
     uses_targets=True,
     default_real_datasets=("imagenet",),
     default_real_targets=("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"),
-    default_offline_datasets=(OFFLINE_SOURCE,),
-    default_offline_targets=OFFLINE_DG_TARGETS,
+    default_offline_datasets=(SOURCE_DATASET,),
+    default_offline_targets=DOMAIN_GENERALISATION_TARGETS,
 )

@@ -11,7 +11,8 @@ training never touches; no test image is seen.
 
 from __future__ import annotations
 
-from . import BENCHMARK_DATASETS, OFFLINE_BASE_TO_NEW, Evaluation, Protocol, Stage
+from ..data.synthetic import BASE_TO_NEW_DATASETS
+from . import BENCHMARK_DATASETS, Evaluation, Protocol, Stage
 
 SHOTS = (1, 2, 4, 8, 16)
 # CoOp's epochs per shot count relative to its 16-shot budget (200): 50, 100, 100, 200, 200.
@@ -43,5 +44,5 @@ PROTOCOL = Protocol(
     sweeps_shots=True,
     epochs_for=epochs_for,
     default_real_datasets=BENCHMARK_DATASETS,
-    default_offline_datasets=OFFLINE_BASE_TO_NEW,
+    default_offline_datasets=BASE_TO_NEW_DATASETS,
 )
