@@ -13,15 +13,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dualprompt import world
-from dualprompt.bench import (
-    FieldPromptLearner,
-    build_problem,
-    prompt_length,
-    run_field_loop,
-    run_our_loop,
-    shared_prefix_flops,
-    text_encoder_flops,
-)
+from dualprompt.bench.field_loop import FieldPromptLearner
+from dualprompt.bench.loops import run_field_loop, run_our_loop
+from dualprompt.bench.measure import prompt_length, shared_prefix_flops, text_encoder_flops
+from dualprompt.bench.problem import build_problem
 from dualprompt.config import PromptConfig
 from dualprompt.prompt_learner import PromptLearner
 

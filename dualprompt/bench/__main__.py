@@ -1,0 +1,7 @@
+"""`python -m dualprompt.bench` (see `dualprompt.bench`)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
