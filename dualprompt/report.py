@@ -164,7 +164,8 @@ def search_section(rows: pd.DataFrame, out: Path, spec: dict) -> list[str]:
           f"trial's {int(trials['jobs'].median())} jobs. {len(trials)} search trials{requested} ran, {len(done)} with "
           f"every job ok; searched: {', '.join(params) or 'nothing'}. One trial's objective has a binomial standard "
           f"error of {done['objective_se'].median():.2f} points (median over trials; from the validation counts in "
-          "each row).", ""]
+          "each row, with the jobs taken as independent: jobs that evaluate some of the same images, the folds of "
+          "a pseudo split or several search seeds drawing from one pool, make it a lower bound).", ""]
     if bounds or spec.get("choices"):
         md += ["Search space: " + "; ".join([f"{k} in [{lo:g}, {hi:g}] ({scale})" for k, (lo, hi, scale) in
                                              bounds.items()] + [f"{k} in {{{', '.join(map(str, v))}}}" for k, v in
