@@ -57,8 +57,10 @@ def probe_accuracy(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Te
         features, labels = split
         return 100.0 * ((features @ model[0] + model[1]).argmax(dim=1) == labels).float().mean().item()
 
-    fits = [(score(val, model), decay, model) for decay in WEIGHT_DECAYS
-            for model in [fit_linear_probe(*train, n_classes, decay)]]
+    fits = []
+    for decay in WEIGHT_DECAYS:
+        model = fit_linear_probe(*train, n_classes, decay)
+        fits.append((score(val, model), decay, model))
     best = max(range(len(fits)), key=lambda i: (fits[i][0], i))
     return score(test, fits[best][2]), fits[best][1]
 
