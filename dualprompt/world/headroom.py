@@ -3,8 +3,10 @@
     python -m dualprompt.world.headroom                 # the five base-to-new datasets, 16 shots, seed 1
     python -m dualprompt.world.headroom --pretrained DIR/tiny-synthetic.safetensors   # another checkpoint
 
-A prompt learner only moves the text side of a frozen CLIP, so on the base classes it can do at most what
-a linear classifier on the frozen image features can do. Per dataset this prints, on the base classes'
+A prompt learner only moves the text side of a frozen CLIP: whatever its prompt, its classifier is a linear
+one on the frozen image features (the class text features are the weights), so on the base classes it can
+do at most what the best such classifier does. The linear probe estimates that from the few-shot budget (an
+estimate, not a bound: it sees only the K shots). Per dataset this prints, on the base classes'
 test images: zero-shot accuracy with the catalogue template ("a photo of a {}."), zero-shot with the
 style's own pretraining template ("a blurry photo of a {}."), and a linear probe (CoOp's linear-probe
 baseline: L2-regularised logistic regression on the K-shot training images, its weight chosen on the
