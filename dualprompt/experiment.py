@@ -82,6 +82,12 @@ def evaluation_items(classes: DatasetSplits, split: str) -> tuple[Item, ...]:
     return {"test": classes.test, "val": classes.val, "heldout": classes.train + classes.val}[split]
 
 
+def eval_features_key(backbone: Backbone) -> str:
+    """The feature-cache key of images under the evaluation transform: one key for every caller, so the
+    features one command extracts serve every later job and diagnostic on the same backbone."""
+    return f"eval-{backbone.image_size}"
+
+
 class Experiment:
     """Runs jobs on one loaded backbone, reusing it and its feature cache across datasets and seeds."""
 
@@ -167,7 +173,7 @@ class Experiment:
         out = Evaluated()
         for evaluation, classes in evaluations.items():
             items = evaluation_items(classes, evaluation.split)
-            image_features = store.features(items, eval_tf, f"eval-{self.backbone.image_size}", views=None)
+            image_features = store.features(items, eval_tf, eval_features_key(self.backbone), views=None)
             labels = torch.tensor([item.label for item in items])
             out.metrics[evaluation.metric] = accuracy(classify(classes.classnames), image_features, labels)
             out.counts[evaluation.count_column] = len(items)

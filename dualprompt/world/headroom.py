@@ -75,7 +75,7 @@ def dataset_headroom(backbone: Backbone, name: str, data_root: Path, cache_dir: 
     from dualprompt.data.synthetic import DATASETS, TEMPLATE
     from dualprompt.data.transforms import build_transforms
     from dualprompt.evaluate import accuracy
-    from dualprompt.experiment import Experiment
+    from dualprompt.experiment import Experiment, eval_features_key
     from dualprompt.features import FeatureStore
     from dualprompt.world.vocab import STYLE_MATCHED_TEMPLATES
 
@@ -84,7 +84,7 @@ def dataset_headroom(backbone: Backbone, name: str, data_root: Path, cache_dir: 
     store = FeatureStore(backbone, cache_dir)
 
     def split(items) -> tuple[torch.Tensor, torch.Tensor]:
-        features = store.features(items, eval_transform, "headroom-eval", views=None).float()  # [N, E]
+        features = store.features(items, eval_transform, eval_features_key(backbone), views=None).float()  # [N, E]
         return F.normalize(features, dim=-1), torch.tensor([item.label for item in items])
 
     test = split(base.test)
