@@ -82,10 +82,12 @@ def evaluation_items(classes: DatasetSplits, split: str) -> tuple[Item, ...]:
     return {"test": classes.test, "val": classes.val, "heldout": classes.train + classes.val}[split]
 
 
-def eval_features_key(backbone: Backbone) -> str:
-    """The feature-cache key of images under the evaluation transform: one key for every caller, so the
-    features one command extracts serve every later job and diagnostic on the same backbone."""
-    return f"eval-{backbone.image_size}"
+def eval_image_features(store: FeatureStore, items) -> torch.Tensor:
+    """Frozen image features [N, E] of `items` under the evaluation transform, cached under one key for
+    every caller (jobs and diagnostics), so features one command extracts serve every later one."""
+    backbone = store.backbone
+    _, eval_tf = build_transforms(backbone.image_size, backbone.image_mean, backbone.image_std)
+    return store.features(items, eval_tf, f"eval-{backbone.image_size}", views=None)
 
 
 class Experiment:
@@ -119,7 +121,7 @@ class Experiment:
         sets = class_sets(cfg, spec, fold)
         train_split = sets[spec.train_classes]
         size, mean, std = self.backbone.image_size, self.backbone.image_mean, self.backbone.image_std
-        train_tf, eval_tf = build_transforms(size, mean, std, crop_scale=(cfg.data.crop_scale_min, 1.0))
+        train_tf, _ = build_transforms(size, mean, std, crop_scale=(cfg.data.crop_scale_min, 1.0))
         template = cfg.prompt.template or get_spec(cfg.data.dataset).template
         learner, log = None, TrainLog()
         if cfg.method.method != "zeroshot":
@@ -142,7 +144,7 @@ class Experiment:
         result = JobResult(n_train_classes=len(train_split.classnames), n_train_images=len(train_split.train),
                            steps=log.steps, loss_terms_by_epoch=log.epoch_terms, feature_s=feature_s,
                            train_s=log.train_s)
-        own = self._evaluate(store, eval_tf, spec, {e: sets[e.classes] for e in spec.evaluations},
+        own = self._evaluate(store, spec, {e: sets[e.classes] for e in spec.evaluations},
                              lambda names: classifier(names, template))
         result.metrics, result.counts, result.standard_errors, result.eval_s = (
             own.metrics, own.counts, own.standard_errors, own.eval_s)
@@ -154,26 +156,25 @@ class Experiment:
             result.prompt_path = save_prompt(learner, cfg, prompt_path, trained_on, result.metrics)
             learner = load_prompt(prompt_path, backbone=self.backbone).learner  # targets see the saved file
         for target in targets:
-            result.targets[target] = self._evaluate_target(store, eval_tf, cfg, spec, target, classifier)
+            result.targets[target] = self._evaluate_target(store, cfg, spec, target, classifier)
         return result
 
-    def _evaluate_target(self, store: FeatureStore, eval_tf, cfg: Config, stage: Stage, target: str,
-                         classifier) -> Evaluated:
+    def _evaluate_target(self, store: FeatureStore, cfg: Config, stage: Stage, target: str, classifier) -> Evaluated:
         """The stage's "all classes, test" evaluation on a target dataset, whose classes are all unseen."""
         root = Path(cfg.data.data_root) if cfg.data.data_root else default_data_root()
         target_splits = load_dataset(target, root)
         template = get_spec(target).template
         evaluations = {e: target_splits for e in stage.evaluations if e.classes == "all" and e.split == "test"}
-        return self._evaluate(store, eval_tf, stage, evaluations, lambda names: classifier(names, template))
+        return self._evaluate(store, stage, evaluations, lambda names: classifier(names, template))
 
-    def _evaluate(self, store: FeatureStore, eval_tf, stage: Stage, evaluations: dict[Evaluation, DatasetSplits],
+    def _evaluate(self, store: FeatureStore, stage: Stage, evaluations: dict[Evaluation, DatasetSplits],
                   classify) -> Evaluated:
         """Accuracy of each evaluation (class features computed once per class set), counts and objective SE."""
         start = time.perf_counter()
         out = Evaluated()
         for evaluation, classes in evaluations.items():
             items = evaluation_items(classes, evaluation.split)
-            image_features = store.features(items, eval_tf, eval_features_key(self.backbone), views=None)
+            image_features = eval_image_features(store, items)  # [N, E]
             labels = torch.tensor([item.label for item in items])
             out.metrics[evaluation.metric] = accuracy(classify(classes.classnames), image_features, labels)
             out.counts[evaluation.count_column] = len(items)

@@ -73,18 +73,16 @@ def dataset_headroom(backbone: Backbone, name: str, data_root: Path, cache_dir: 
     from dualprompt.data.readers import load_dataset
     from dualprompt.data.sampling import sample_few_shot, subsample_classes
     from dualprompt.data.synthetic import DATASETS, TEMPLATE
-    from dualprompt.data.transforms import build_transforms
     from dualprompt.evaluate import accuracy
-    from dualprompt.experiment import Experiment, eval_features_key
+    from dualprompt.experiment import Experiment, eval_image_features
     from dualprompt.features import FeatureStore
     from dualprompt.world.vocab import STYLE_MATCHED_TEMPLATES
 
     base = subsample_classes(sample_few_shot(load_dataset(name, data_root), shots, seed), "base")
-    _, eval_transform = build_transforms(backbone.image_size, backbone.image_mean, backbone.image_std)
     store = FeatureStore(backbone, cache_dir)
 
     def split(items) -> tuple[torch.Tensor, torch.Tensor]:
-        features = store.features(items, eval_transform, eval_features_key(backbone), views=None).float()  # [N, E]
+        features = eval_image_features(store, items).float()  # [N, E]
         return F.normalize(features, dim=-1), torch.tensor([item.label for item in items])
 
     test = split(base.test)

@@ -72,13 +72,12 @@ def dataset_accuracy(backbone, name: str, data_root: Path, template: str | None 
     protocol's evaluation transform and `template` (default: the catalogue's)."""
     from dualprompt.data.catalogue import get_spec
     from dualprompt.data.readers import load_dataset
-    from dualprompt.data.transforms import build_transforms
     from dualprompt.evaluate import accuracy
+    from dualprompt.experiment import eval_image_features
     from dualprompt.features import FeatureStore
 
     splits = load_dataset(name, data_root)
-    _, eval_tf = build_transforms(backbone.image_size, backbone.image_mean, backbone.image_std)
-    features = FeatureStore(backbone, None, enabled=False).features(splits.test, eval_tf, "eval", views=None)
+    features = eval_image_features(FeatureStore(backbone, None, enabled=False), splits.test)  # [N, E]
     template = template or get_spec(name).template
     with torch.no_grad():
         classifier = torch.nn.functional.normalize(
