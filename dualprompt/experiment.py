@@ -82,7 +82,7 @@ def evaluation_items(classes: DatasetSplits, split: str) -> tuple[Item, ...]:
     return {"test": classes.test, "val": classes.val, "heldout": classes.train + classes.val}[split]
 
 
-def eval_image_features(store: FeatureStore, items) -> torch.Tensor:
+def eval_image_features(store: FeatureStore, items: tuple[Item, ...] | list[Item]) -> torch.Tensor:
     """Frozen image features [N, E] of `items` under the evaluation transform, cached under one key for
     every caller (jobs and diagnostics), so features one command extracts serve every later one."""
     backbone = store.backbone
