@@ -28,7 +28,16 @@ from dualprompt.data.synthetic import (
 )
 from dualprompt.data.types import DatasetSplits
 from dualprompt.world.render import IMAGE_SIZE, Variation, render
-from dualprompt.world.vocab import COLOURS, PRETRAIN_COMBOS, SHAPES, STYLES, base_to_new_layout
+from dualprompt.world.vocab import (
+    COLOURS,
+    PRETRAIN_COMBOS,
+    SHAPE_SYNONYMS,
+    SHAPES,
+    STYLES,
+    base_to_new_layout,
+    classname,
+    vocabulary,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -181,7 +190,7 @@ def test_base_and_new_share_no_word_and_nor_do_pseudo_base_and_pseudo_new(name):
     swapped_base, swapped_new = pseudo_split(base, fold=1)
     assert swapped_base.classnames == pseudo_new.classnames and swapped_new.classnames == pseudo_base.classnames
     # Every colour and shape is used, each in exactly one block; base and new are made alike (two blocks).
-    assert _words(base.classnames) | _words(new.classnames) == set(COLOURS) | set(SHAPES)
+    assert _words(base.classnames) | _words(new.classnames) == set(COLOURS) | set(SHAPE_SYNONYMS.values())
     assert len(_words(base.classnames)) == len(_words(new.classnames)) == 12
 
 
@@ -211,9 +220,25 @@ def test_pretraining_sees_every_class_in_every_style():
     assert len(PRETRAIN_COMBOS) == len(COLOURS) * len(SHAPES)
     images, captions = caption_batch(np.random.default_rng(0), 1500)
     seen = {tuple(caption.removesuffix(".").split()[-2:]) for caption in captions}
-    assert seen == set(PRETRAIN_COMBOS)
+    assert seen == set(PRETRAIN_COMBOS)  # without --synonym-prob every caption uses the common word
     for name in BASE_TO_NEW_DATASETS:  # every benchmark class, base and new, is a pretraining pair
         assert set(DATASETS[name].classes) <= set(PRETRAIN_COMBOS)
+
+
+def test_class_names_are_rare_synonyms_that_pretraining_uses_at_the_requested_rate():
+    from dualprompt.world.pretrain import caption_batch
+
+    synonyms = set(SHAPE_SYNONYMS.values())
+    assert len(synonyms) == len(SHAPES) and not synonyms & (set(SHAPES) | set(COLOURS))
+    assert synonyms <= set(vocabulary())
+    assert classname("red", "circle") == "red disc"
+    for name in DATASETS:  # every dataset names its classes by colour and synonym
+        assert {n.split()[1] for n in DATASETS[name].classnames} <= synonyms
+    _, captions = caption_batch(np.random.default_rng(0), 4000, synonym_prob=0.1)
+    rare = [c for c in captions if c.removesuffix(".").split()[-1] in synonyms]
+    assert 300 <= len(rare) <= 500  # Binomial(4000, 0.1): mean 400, std 19
+    # With probability 0 no extra draw is made: the captions are those of a world without synonyms.
+    assert caption_batch(np.random.default_rng(3), 64)[1] == caption_batch(np.random.default_rng(3), 64, 0.0, 0.0)[1]
 
 
 def test_protocol_miniatures_are_declared_as_data():
@@ -235,7 +260,7 @@ def test_protocol_miniatures_are_declared_as_data():
         order = [source.classes.index(pair) for pair in dataset.classes]
         assert order == sorted(order)  # subsets keep the source's label order, as ImageNet-A/-R
     assert len(DATASETS["synthetic_source_a"].classes) == len(DATASETS["synthetic_source_r"].classes) == 12
-    assert set(OFFLINE_TRAINING) == {"epochs", "batch_size", "shots"}
+    assert set(OFFLINE_TRAINING) == {"epochs", "batch_size", "shots", "crop_scale_min"}
     assert OFFLINE_TRAINING["shots"] <= DATASETS[BASE_TO_NEW_DATASETS[0]].images_per_class["train"]
 
 
@@ -368,6 +393,48 @@ def test_provenance_belongs_to_this_world():
     assert record["generator_version"] == GENERATOR_VERSION
     assert record["command"].startswith("python -m dualprompt.world.pretrain")
     assert set(BASE_TO_NEW_DATASETS) <= set(record["zero_shot_accuracy_percent"])
+
+
+def test_committed_checkpoint_records_both_pretraining_stages():
+    record = json.loads(world.PROVENANCE_PATH.read_text())
+    first = record["init"]["provenance"]
+    assert record["synonym_prob"] > 0 and f"--init {record['init']['checkpoint']}" in record["command"]
+    assert first["synonym_prob"] == 0 and first["init"] is None and "--init" not in first["command"]
+    assert first["generator_version"] == record["generator_version"]
+
+
+def test_pretrain_continues_from_a_first_stage_and_rejects_one_that_does_not_fit(tmp_path):
+    import open_clip
+    from safetensors.torch import save_file
+
+    from dualprompt.world.pretrain import load_init, provenance_path
+
+    open_clip.add_model_config(world.CONFIG_PATH)
+    first = open_clip.create_model(world.TINY_MODEL_NAME)
+    path = tmp_path / "stage1.safetensors"
+    save_file({k: v.contiguous() for k, v in first.state_dict().items()}, str(path))
+    provenance_path(path).write_text(json.dumps({"command": "stage one"}))
+    second = open_clip.create_model(world.TINY_MODEL_NAME)
+    assert load_init(second, path) == {"command": "stage one"}
+    pairs = zip(first.state_dict().values(), second.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    state = {k: v.contiguous() for k, v in first.state_dict().items()}
+    state["token_embedding.weight"] = state["token_embedding.weight"][:51]  # a checkpoint of another vocabulary
+    save_file(state, str(path))
+    with pytest.raises(ValueError, match=r"--init .*stage1.safetensors does not fit the tiny CLIP of this world"):
+        load_init(second, path)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--synonym-prob", "1.5"], "--synonym-prob is a probability"),
+    (["--init", "missing.safetensors"], "--init missing.safetensors: no such checkpoint file"),
+])
+def test_pretrain_rejects_bad_arguments_before_any_work(tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-m", "dualprompt.world.pretrain", *args, "--out",
+                             str(tmp_path / "out.safetensors")], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120)
+    assert result.returncode == 2 and message in result.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def _recorded_and_measured(name: str) -> tuple[dict, dict]:

@@ -1,26 +1,35 @@
 """Contrastive pretraining of the tiny CLIP on the offline world; writes the committed checkpoint.
 
-Command (the committed checkpoint was made with exactly this; its provenance JSON records it):
+The committed checkpoint was made in two recorded stages (its provenance JSON records both commands, the
+first stage's record nested under "init"):
 
-    python -m dualprompt.world.pretrain --steps 1000 --batch-size 128 --seed 0
+    python -m dualprompt.world.pretrain --steps 1000 --seed 0 --out s1_seed0.safetensors
+    python -m dualprompt.world.pretrain --init s1_seed0.safetensors --steps 400 --lr 0.0003 \
+        --synonym-prob 0.004 --seed 0
 
-Measured runtime on a 2-core CPU (no GPU): 0.36 s per step when the machine is otherwise idle, so about
-6 minutes for 1,000 steps, plus about a minute of evaluation; the provenance JSON records the wall time
-of the committed run (the result does not depend on it).
+Stage one learns the world from captions with the shapes' common words only ("a blurry photo of a red
+circle."); stage two continues it with the rare synonyms that the datasets' class names use ("red disc")
+in 0.4% of captions, as names met a few times, late, by a model that already knows the objects (one
+from-scratch stage with the synonyms mixed in throughout varied too much between pretraining seeds:
+docs/offline-world.md).
 
-Each step renders a fresh batch of (image, caption) pairs: a random colour-shape pair (all 100 are seen,
+Measured runtime on a 2-core CPU (no GPU): about 0.5 s per step on two threads (about 9 minutes for
+1,000 steps), plus a minute or two of evaluation; the provenance JSON records the wall time of each
+stage (the result does not depend on it).
+
+Each step renders a fresh batch of (image, caption) pairs: a random colour-shape pair (all 144 are seen,
 as real CLIP has seen the benchmarks' classes), a random style, and a caption template of that style
 (captions name the style). Loss: open_clip's ClipLoss (symmetric InfoNCE); AdamW with warmup and cosine
-decay.
+decay, restarted in each stage.
 
 Writes, each atomically (temporary file, then rename):
   - `--out` (default `dualprompt/world/tiny-synthetic.safetensors`): the state_dict, loadable by
     `open_clip.create_model("tiny-synthetic", pretrained=<path>)` after registering the config;
   - `<stem>.provenance.json` next to it, written by this script: the command, steps, batch size, seed,
-    wall seconds, CPU count, versions, and zero-shot accuracies measured on the saved checkpoint (each
-    base-to-new dataset's base and new test halves with "a photo of a {}." and with the style's own
-    template, the cross-dataset source and the domain-generalisation targets, and per style among all
-    100 classes).
+    wall seconds, CPU count, versions, the provenance of the `--init` checkpoint, and zero-shot
+    accuracies measured on the saved checkpoint with the datasets' class names (each base-to-new
+    dataset's base and new test halves with "a photo of a {}." and with the style's own template, the
+    cross-dataset source and the domain-generalisation targets, and per style among all 144 classes).
 """
 
 from __future__ import annotations
@@ -50,21 +59,32 @@ from dualprompt.data.synthetic import (
 from dualprompt.world import CHECKPOINT_PATH, CONFIG_PATH, TINY_MODEL_NAME, build_tokenizer
 from dualprompt.world.render import render
 from dualprompt.world.tokenizer import WorldTokenizer
-from dualprompt.world.vocab import CAPTION_TEMPLATES, PRETRAIN_COMBOS, STYLE_MATCHED_TEMPLATES, STYLES, classname
+from dualprompt.world.vocab import (
+    CAPTION_TEMPLATES,
+    PRETRAIN_COMBOS,
+    STYLE_MATCHED_TEMPLATES,
+    STYLES,
+    classname,
+    common_name,
+)
 from dualprompt.world.zero_shot import dataset_accuracy, images_to_tensor, style_accuracies
 
 MAX_FILLER_WORDS = 16  # soft prompts of up to 16 tokens put class words at positions up to ~20
 WARMUP_STEPS = 50
 
 
-def caption_batch(rng: np.random.Generator, batch_size: int, plain_caption_prob: float = 0.0) -> tuple[list, list[str]]:
+def caption_batch(
+    rng: np.random.Generator, batch_size: int, plain_caption_prob: float = 0.0, synonym_prob: float = 0.0
+) -> tuple[list, list[str]]:
     """Render `batch_size` fresh (image, caption) pairs of all colour-shape pairs, all styles.
 
-    With probability `plain_caption_prob` an image of a style other than photo gets a photo caption
-    instead of its own style's (the web's captions do not always name the style). Half of the
-    captions get 1..16 leading placeholder words "x" (the word CoOp-style prompt learners write for
-    soft context), so that the text tower also learns the positions a long soft prompt pushes the
-    class name and end token to.
+    A caption names the shape by its rare synonym (the datasets' class name) with probability
+    `synonym_prob`, else by its common word (with 0 no draw is made, so the random stream is the one of
+    captions without synonyms). With probability `plain_caption_prob` an image of a style other than
+    photo gets a photo caption instead of its own style's (the web's captions do not always name the
+    style). Half of the captions get 1..16 leading placeholder words "x" (the word CoOp-style prompt
+    learners write for soft context), so that the text tower also learns the positions a long soft
+    prompt pushes the class name and end token to.
     """
     images, captions = [], []
     for _ in range(batch_size):
@@ -73,7 +93,9 @@ def caption_batch(rng: np.random.Generator, batch_size: int, plain_caption_prob:
         templates = CAPTION_TEMPLATES[style]
         if plain_caption_prob and style != "photo" and rng.random() < plain_caption_prob:
             templates = CAPTION_TEMPLATES["photo"]
-        caption = templates[rng.integers(len(templates))].format(classname(colour, shape))
+        rare = synonym_prob > 0 and rng.random() < synonym_prob
+        name = classname(colour, shape) if rare else common_name(colour, shape)
+        caption = templates[rng.integers(len(templates))].format(name)
         if rng.random() < 0.5:
             caption = "x " * int(rng.integers(1, MAX_FILLER_WORDS + 1)) + caption
         images.append(render(colour, shape, style, rng))
@@ -100,7 +122,7 @@ def train(model: torch.nn.Module, tokenizer: WorldTokenizer, args: argparse.Name
     for step in range(args.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr)
-        images, captions = caption_batch(rng, args.batch_size, args.plain_caption_prob)
+        images, captions = caption_batch(rng, args.batch_size, args.plain_caption_prob, args.synonym_prob)
         out = model(images_to_tensor(images, mean, std), tokenizer(captions))  # dict of features
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         optimizer.zero_grad(set_to_none=True)
@@ -132,7 +154,7 @@ def measure_zero_shot(checkpoint: Path, data_root: Path) -> dict:
     """Zero-shot accuracies (percent) of the checkpoint as loaded back: each base-to-new dataset's base and
     new test halves through the project's own zero-shot method, with the catalogue template and with the
     style's own; the cross-dataset source and the domain-generalisation targets over all their classes;
-    and per style, 100-way among all classes."""
+    and per style, 144-way among all classes."""
     from dualprompt.backbone import load_backbone
     from dualprompt.config import Config
     from dualprompt.experiment import Experiment
@@ -141,7 +163,7 @@ def measure_zero_shot(checkpoint: Path, data_root: Path) -> dict:
                            use_feature_cache=False)
     backbone = load_backbone(cfg.backbone)
     experiment = Experiment(backbone)
-    results: dict = {"all_100_classes_by_style": style_accuracies(backbone.model, backbone.tokenizer)}
+    results: dict = {"all_144_classes_by_style": style_accuracies(backbone.model, backbone.tokenizer)}
     for name in BASE_TO_NEW_DATASETS:
         style = DATASETS[name].styles[0]
         matched = STYLE_MATCHED_TEMPLATES[style]
@@ -173,11 +195,50 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation and data")
     parser.add_argument("--plain-caption-prob", type=float, default=0.0,
                         help="probability that a non-photo image gets a photo caption (default 0)")
+    parser.add_argument("--synonym-prob", type=float, default=0.0,
+                        help="probability that a caption names the shape by its rare synonym (default 0)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue from this checkpoint of the same model (a first stage), not from scratch")
     parser.add_argument("--out", type=Path, default=CHECKPOINT_PATH, help="checkpoint path (.safetensors)")
     parser.add_argument(
         "--data-root", type=Path, default=None, help="eval datasets go here (default: a temporary folder)"
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    for flag, value in (("--plain-caption-prob", args.plain_caption_prob), ("--synonym-prob", args.synonym_prob)):
+        if not 0.0 <= value <= 1.0:
+            parser.error(f"{flag} is a probability; give a value in [0, 1], not {value}.")
+    if args.steps < 1 or args.batch_size < 2:
+        parser.error("--steps must be >= 1 and --batch-size >= 2 (a contrastive batch needs negatives).")
+    if args.init is not None:
+        if not args.init.is_file():
+            parser.error(f"--init {args.init}: no such checkpoint file; give the .safetensors of a first stage.")
+        if args.init.resolve() == args.out.resolve():
+            parser.error(f"--init and --out are the same file ({args.out}); write the second stage elsewhere.")
+    return args
+
+
+def load_init(model: torch.nn.Module, path: Path) -> dict | None:
+    """Load the first stage's weights into `model`; returns that checkpoint's provenance record, if any.
+
+    Raises ValueError naming the file when its tensors do not fit the model (another vocabulary or size)."""
+    from safetensors.torch import load_file
+
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[-1].strip()
+        raise ValueError(f"--init {path} does not fit the tiny CLIP of this world ({first_line}); "
+                         "pretrain the first stage with this version of the world.") from None
+    record = provenance_path(path)
+    return json.loads(record.read_text()) if record.is_file() else None
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this stage (the default --out left out)."""
+    command = (f"python -m dualprompt.world.pretrain --steps {args.steps} --batch-size {args.batch_size} "
+               f"--lr {args.lr} --seed {args.seed} --plain-caption-prob {args.plain_caption_prob} "
+               f"--synonym-prob {args.synonym_prob}")
+    return command + (f" --init {args.init}" if args.init is not None else "")
 
 
 def main() -> None:
@@ -185,6 +246,10 @@ def main() -> None:
     torch.manual_seed(args.seed)
     open_clip.add_model_config(CONFIG_PATH)
     model = open_clip.create_model(TINY_MODEL_NAME, output_dict=True)
+    try:
+        init_record = load_init(model, args.init) if args.init is not None else None
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     start = time.perf_counter()
     final_loss = train(model, build_tokenizer(), args)
     wall_s = time.perf_counter() - start
@@ -194,13 +259,14 @@ def main() -> None:
         zero_shot = measure_zero_shot(args.out, args.data_root or Path(scratch))
     record = {
         "model": TINY_MODEL_NAME,
-        "command": f"python -m dualprompt.world.pretrain --steps {args.steps} --batch-size {args.batch_size} "
-        f"--lr {args.lr} --seed {args.seed} --plain-caption-prob {args.plain_caption_prob}",
+        "command": command_line(args),
         "steps": args.steps,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "seed": args.seed,
         "plain_caption_prob": args.plain_caption_prob,
+        "synonym_prob": args.synonym_prob,
+        "init": None if args.init is None else {"checkpoint": args.init.name, "provenance": init_record},
         "train_wall_s": round(wall_s, 1),
         "final_loss_mean50": round(final_loss, 4),
         "cpu_count": os.cpu_count(),

@@ -96,7 +96,7 @@ class Variation:
             raise ValueError(f"Variation.severity must lie in [0, 1], got {self.severity}.")
 
 
-PRETRAINING = Variation()  # the distribution pretraining draws from, and every base-to-new dataset
+PRETRAINING = Variation()  # the distribution pretraining draws from (datasets change only the severity)
 
 
 def shape_mask(shape: str, rng: np.random.Generator, scale: tuple[float, float] = PRETRAINING.scale) -> np.ndarray:

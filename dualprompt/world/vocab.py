@@ -1,10 +1,15 @@
 """The offline world as data: colours, shapes, image styles, caption templates and class layouts.
 
-Every class of the world is a (colour, shape) pair named in natural language ("red circle"); all 144
-pairs are seen in pretraining, in every style, as real CLIP has seen the names and pictures of the
-benchmarks' classes. A downstream dataset does not use all of them: each base-to-new dataset draws its
-own 36 classes from its own grouping of the words (`base_to_new_layout`), in four word-disjoint blocks
-of 3 colours x 3 shapes:
+Every class of the world is a (colour, shape) pair. All 144 pairs are seen in pretraining, in every
+style, as real CLIP has seen the pictures of the benchmarks' classes. Pretraining captions name a shape
+by its common word ("red circle", `common_name`) and only rarely by its rare synonym ("red disc"); the
+datasets name their classes by the rare synonym (`classname`), as the field's class names ("Sikorsky
+S-92", "globe thistle") are words CLIP met far more rarely than the things they name. A prompt can then
+win class-specific accuracy on base classes beyond the style (measured: docs/offline-world.md).
+
+A downstream dataset does not use all of them: each base-to-new dataset draws its own 36 classes from
+its own grouping of the words (`base_to_new_layout`), in four word-disjoint blocks of 3 colours x 3
+shapes (a shape and its synonym belong to the same block):
 
     labels  0-8   block A  -> pseudo-base  \
     labels  9-17  block B  -> pseudo-new   / base
@@ -56,6 +61,22 @@ SHAPES: tuple[str, ...] = (
     "hourglass",
 )
 
+# Shape -> its rare synonym, the word a dataset's class name uses. One word each, not a shape word.
+SHAPE_SYNONYMS: dict[str, str] = {
+    "circle": "disc",
+    "square": "tile",
+    "triangle": "wedge",
+    "star": "spark",
+    "cross": "plus",
+    "diamond": "rhombus",
+    "ring": "hoop",
+    "arrow": "pointer",
+    "moon": "crescent",
+    "heart": "valentine",
+    "hexagon": "honeycomb",
+    "hourglass": "sandglass",
+}
+
 # Image styles of pretraining. Captions always name the style (measured: with captions that do not,
 # the text encoder learns to ignore prefix words and prompt tuning has nothing to move).
 STYLES: tuple[str, ...] = ("photo", "noisy", "blurry", "pixelated", "sketch", "faded")
@@ -94,7 +115,12 @@ BLOCK_SIZE = 3
 
 
 def classname(colour: str, shape: str) -> str:
-    """The natural-language class name of a (colour, shape) pair, e.g. "red circle"."""
+    """The class name datasets give a (colour, shape) pair: the shape's rare synonym, e.g. "red disc"."""
+    return f"{colour} {SHAPE_SYNONYMS[shape]}"
+
+
+def common_name(colour: str, shape: str) -> str:
+    """The common name of a (colour, shape) pair, most pretraining captions' word for it: "red circle"."""
     return f"{colour} {shape}"
 
 
@@ -148,7 +174,7 @@ def stable_subset(pairs: tuple[Pair, ...], size: int, key: str) -> tuple[Pair, .
 
 def vocabulary() -> tuple[str, ...]:
     """Every word of the world (captions, class names, extras), sorted; punctuation not included."""
-    words: set[str] = set(COLOURS) | set(SHAPES) | set(EXTRA_WORDS)
+    words: set[str] = set(COLOURS) | set(SHAPES) | set(SHAPE_SYNONYMS.values()) | set(EXTRA_WORDS)
     for templates in CAPTION_TEMPLATES.values():
         for template in templates:
             words.update(template.replace("{}", " ").replace(".", " ").split())

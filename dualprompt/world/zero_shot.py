@@ -1,6 +1,6 @@
 """Zero-shot diagnostics of the tiny CLIP, outside the benchmark protocol.
 
-- `style_accuracies`: per style, 100-way zero-shot accuracy among all colour x shape classes on fresh
+- `style_accuracies`: per style, 144-way zero-shot accuracy among all colour x shape classes on fresh
   images, with "a photo of a {}." and with the style's own caption template (what pretraining learned,
   and how much the words of the prompt matter per style);
 - `dataset_accuracy`: zero-shot accuracy on a materialised dataset's test split over all its classes
@@ -51,7 +51,7 @@ def zero_shot_accuracy(
 
 
 def style_accuracies(model, tokenizer, per_class: int = 10, seed: int = 1234) -> dict[str, dict[str, float]]:
-    """Per style: 100-way zero-shot accuracy (percent) on `per_class` fresh images of every class, with
+    """Per style: 144-way zero-shot accuracy (percent) on `per_class` fresh images of every class, with
     "a photo of a {}." ("plain") and with the style's own template ("style_matched")."""
     names = [classname(c, s) for c, s in PRETRAIN_COMBOS]
     labels = torch.arange(len(PRETRAIN_COMBOS)).repeat_interleave(per_class)  # [N]
