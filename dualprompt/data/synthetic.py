@@ -121,7 +121,7 @@ DOMAIN_GENERALISATION_TARGETS: tuple[str, ...] = (
 # see docs/offline-world.md and `python -m dualprompt.world.check`. Everything else is Config's default.
 # No random crop (flips only): on 32-pixel images of one centred object a crop down to 8% of the area
 # removes the object the class names, which the field's crop on 224-pixel photographs rarely does.
-OFFLINE_TRAINING: dict[str, float] = {"epochs": 40, "batch_size": 32, "shots": 16, "crop_scale_min": 1.0}
+OFFLINE_TRAINING: dict[str, int | float] = {"epochs": 40, "batch_size": 32, "shots": 16, "crop_scale_min": 1.0}
 
 
 def _spec(dataset: SyntheticDataset) -> DatasetSpec:

@@ -234,7 +234,7 @@ def load_init(model: torch.nn.Module, path: Path) -> dict | None:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    """The command that reproduces this stage (the default --out left out)."""
+    """The command that reproduces this stage (--out and --data-root left out: they say where, not what)."""
     command = (f"python -m dualprompt.world.pretrain --steps {args.steps} --batch-size {args.batch_size} "
                f"--lr {args.lr} --seed {args.seed} --plain-caption-prob {args.plain_caption_prob} "
                f"--synonym-prob {args.synonym_prob}")
