@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dualprompt.config import Config
+from dualprompt.data.synthetic import OFFLINE_TRAINING
 from dualprompt.experiment import Experiment
 
 pytestmark = pytest.mark.slow  # about a minute on a 2-core CPU
@@ -14,9 +15,12 @@ QUICK = {"dataset": "synthetic_blurry", "epochs": 10, "n_views": 2, "shots": 8}
 
 
 def test_tuning_lowers_the_loss_and_beats_zero_shot_on_base(tiny_clip, isolated_dirs):
+    # The offline budget's epochs and crop (none): with the field's crop down to 8% of a 32-pixel image,
+    # CoOp stays below zero-shot on this world (docs/offline-world.md).
+    budget = {**QUICK, "epochs": OFFLINE_TRAINING["epochs"], "crop_scale_min": OFFLINE_TRAINING["crop_scale_min"]}
     experiment = Experiment(tiny_clip)
-    zero_shot = experiment.run(Config().replace(**QUICK, method="zeroshot"), "final")
-    coop = experiment.run(Config().replace(**QUICK, method="coop", lr=0.02), "final")
+    zero_shot = experiment.run(Config().replace(**budget, method="zeroshot"), "final")
+    coop = experiment.run(Config().replace(**budget, method="coop", lr=0.02), "final")
     losses = [epoch["loss"] for epoch in coop.loss_terms_by_epoch]
     assert losses[-1] < 0.8 * losses[1], losses  # epoch 0 is the warm-up at 1e-5
     assert coop.metrics["acc_test_base"] > zero_shot.metrics["acc_test_base"] + 2.0
