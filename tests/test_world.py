@@ -237,8 +237,11 @@ def test_class_names_are_rare_synonyms_that_pretraining_uses_at_the_requested_ra
     _, captions = caption_batch(np.random.default_rng(0), 4000, synonym_prob=0.1)
     rare = [c for c in captions if c.removesuffix(".").split()[-1] in synonyms]
     assert 300 <= len(rare) <= 500  # Binomial(4000, 0.1): mean 400, std 19
-    # With probability 0 no extra draw is made: the captions are those of a world without synonyms.
-    assert caption_batch(np.random.default_rng(3), 64)[1] == caption_batch(np.random.default_rng(3), 64, 0.0, 0.0)[1]
+    # With probability 0 no extra draw is made: the random stream is the one before synonyms existed
+    # (these captions are what generator version 2's caption_batch drew from this seed).
+    assert caption_batch(np.random.default_rng(3), 3)[1] == [
+        "a photo of a black moon.", "a pixelated picture of a yellow hexagon.",
+        "x x x x x x x x a grainy photo of a cyan triangle."]
 
 
 def test_protocol_miniatures_are_declared_as_data():
