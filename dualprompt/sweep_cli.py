@@ -129,9 +129,9 @@ def _int_list(text: str, flag: str, minimum: int = 0) -> tuple[int, ...]:
 
 def offline_training() -> dict[str, Any]:
     """The offline world's training budget (chosen by measurement, see docs/offline-world.md)."""
-    from .data import synthetic
+    from .data.synthetic import OFFLINE_TRAINING
 
-    return dict(getattr(synthetic, "OFFLINE_TRAINING", {"epochs": 20}))
+    return dict(OFFLINE_TRAINING)
 
 
 def _overrides(args: argparse.Namespace, backbone: str) -> dict[str, Any]:
