@@ -10,6 +10,7 @@ the target is never trained on.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from .prompt_learner import PromptLearner
 from .prompts import fill, handcrafted_templates
 from .protocols import Evaluation, Stage, get_protocol
 from .train import TrainLog, train_prompt
+
+Relabel = Callable[[DatasetSplits], DatasetSplits]
 
 
 @dataclass
@@ -61,11 +64,14 @@ class JobResult(Evaluated):
         return self.loss_terms_by_epoch[-1]["loss"] if self.loss_terms_by_epoch else float("nan")
 
 
-def class_sets(cfg: Config, stage: Stage, fold: int) -> dict[str, DatasetSplits]:
-    """The job's few-shot sample split into the class sets its stage names (see protocols.CLASS_SETS)."""
+def class_sets(cfg: Config, stage: Stage, fold: int, relabel: Relabel | None = None) -> dict[str, DatasetSplits]:
+    """The job's few-shot sample split into the class sets its stage names (see protocols.CLASS_SETS).
+    `relabel` reorders the sampled classes before the protocol's rules cut them (the same images; used by
+    `dualprompt.world.draws` to make other class draws of one world)."""
     data = cfg.data
     root = Path(data.data_root) if data.data_root else default_data_root()
     few_shot = sample_few_shot(load_dataset(data.dataset, root), data.shots, data.seed, mode=data.sampling)
+    few_shot = relabel(few_shot) if relabel else few_shot
     sets = {"all": few_shot}
     needed = {stage.pool, stage.train_classes, *(e.classes for e in stage.evaluations)}
     for subset in ("base", "new"):
@@ -91,10 +97,12 @@ def eval_image_features(store: FeatureStore, items: tuple[Item, ...] | list[Item
 
 
 class Experiment:
-    """Runs jobs on one loaded backbone, reusing it and its feature cache across datasets and seeds."""
+    """Runs jobs on one loaded backbone, reusing it and its feature cache across datasets and seeds.
+    `relabel`: see `class_sets` (None: the dataset's own label order, what every command uses)."""
 
-    def __init__(self, backbone: Backbone) -> None:
+    def __init__(self, backbone: Backbone, relabel: Relabel | None = None) -> None:
         self.backbone = backbone
+        self.relabel = relabel
 
     def handcrafted(self, classnames: tuple[str, ...], template: str, ensemble: bool) -> torch.Tensor:
         """The hand-crafted view [C, E]: per class, the normalised mean over templates of frozen features."""
@@ -118,7 +126,7 @@ class Experiment:
         store = FeatureStore(self.backbone, Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
                              enabled=cfg.data.use_feature_cache)
         start = time.perf_counter()  # data: reading (or generating) the dataset and the few-shot sample
-        sets = class_sets(cfg, spec, fold)
+        sets = class_sets(cfg, spec, fold, self.relabel)
         train_split = sets[spec.train_classes]
         size, mean, std = self.backbone.image_size, self.backbone.image_mean, self.backbone.image_std
         train_tf, _ = build_transforms(size, mean, std, crop_scale=(cfg.data.crop_scale_min, 1.0))

@@ -468,10 +468,11 @@ def test_checkpoint_reproduces_recorded_zero_shot_accuracy_everywhere(isolated_d
 # --- the world check command ----------------------------------------------------------------------
 
 
-def test_world_check_smoke_prints_every_criterion(isolated_dirs):
+@pytest.mark.parametrize("draw", ["AB", "CD"])
+def test_world_check_smoke_prints_every_criterion(isolated_dirs, draw):
     result = subprocess.run(
         [sys.executable, "-m", "dualprompt.world.check", "--smoke", "--data-root", str(isolated_dirs / "data"),
-         "--cache-dir", str(isolated_dirs / "features")],
+         "--cache-dir", str(isolated_dirs / "features"), "--draw", draw],
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -484,3 +485,10 @@ def test_world_check_smoke_prints_every_criterion(isolated_dirs):
         assert line.split()[0] in ("PASS", "FAIL", "n/a"), line
     assert "| synthetic_blurry" in out and "Average over 1 datasets" in out
     assert "steps/s" in out and "criteria pass" in out
+    assert ("class draw CD (base = blocks C + D)" in out) == (draw == "CD")
+
+
+def test_world_check_refuses_an_unknown_draw():
+    result = subprocess.run([sys.executable, "-m", "dualprompt.world.check", "--draw", "AE"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2 and "--draw: 'AE' is not a class draw; use one of AB, AC" in result.stderr

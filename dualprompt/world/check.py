@@ -2,6 +2,7 @@
 
     python -m dualprompt.world.check --seeds 5          # the calibration check (tens of minutes on 2 CPUs)
     python -m dualprompt.world.check --smoke            # 1 dataset, 1 seed, 2 epochs, 4 shots: seconds
+    python -m dualprompt.world.check --seeds 3 --draw CD    # another class draw: blocks C + D are base
 
 For every default base-to-new dataset (`BASE_TO_NEW_DATASETS`) and few-shot seed it runs zero-shot CLIP,
 CoOp and KgCoOp (weight 8) through the project's own job runner with the offline training budget
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dualprompt.evaluate import harmonic_mean, harmonic_mean_se
+from dualprompt.world.draws import DRAWS, relabel_for
 
 METHODS = ("zeroshot", "coop", "kgcoop")
 LABELS = {"zeroshot": "zero-shot CLIP", "coop": "CoOp", "kgcoop": "KgCoOp (weight 8)"}
@@ -85,9 +87,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "~/.cache/dualprompt/features)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--no-objective", action="store_true", help="skip the search-stage jobs (objective SE)")
+    parser.add_argument("--draw", default="AB", help="which two of the four class blocks are base (default AB, "
+                        "the world as committed; see python -m dualprompt.world.draws)")
     parser.add_argument("--json", type=Path, help="also write every job's metrics and timings to this file")
     parser.add_argument("--smoke", action="store_true", help="1 dataset, 1 seed, 2 epochs, 4 shots")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.draw not in DRAWS:
+        parser.error(f"--draw: {args.draw!r} is not a class draw; use one of {', '.join(DRAWS)}.")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     extra = {k: v for k, v in overrides.items() if k not in ("epochs", "batch_size", "shots")}
     print(f"Offline world check: backbone {cfg.backbone.backbone} ({cfg.backbone.pretrained}), generator version "
           f"{GENERATOR_VERSION}; budget {budget}" + (f"; also {extra}" if extra else "")
-          + f"; seeds {','.join(map(str, seeds))}; datasets {', '.join(datasets)}", flush=True)
+          + f"; seeds {','.join(map(str, seeds))}; datasets {', '.join(datasets)}"
+          + (f"; class draw {args.draw} (base = blocks {' + '.join(args.draw)})" if args.draw != "AB" else ""),
+          flush=True)
 
-    experiment = Experiment(load_backbone(cfg.backbone))
+    experiment = Experiment(load_backbone(cfg.backbone), None if args.draw == "AB" else relabel_for(args.draw))
     rows: list[dict] = []
     start = time.perf_counter()
     for dataset in datasets:

@@ -1,0 +1,214 @@
+"""Does a sweep's search objective rank configurations as the final protocol does on other class draws?
+
+    python -m dualprompt.world.draws --sweep results/base2new/example --configs 6 --seeds 2
+    python -m dualprompt.world.draws --smoke             # 1 dataset, 2 draws, 2 epochs, 4 shots: seconds
+
+Every base-to-new dataset of the offline world has four word-disjoint blocks of 9 classes, A B C D in label
+order (`dualprompt.world.vocab`); the protocol makes A+B the base classes (pseudo-base A, pseudo-new B, and
+the swap) and C+D the new ones. Any two blocks could have been base: the six choices (--draws, named by the
+base blocks: AB is the world as committed) are six class draws of the same world, with the same images and
+the same few-shot sample, each keeping the property that base and new share no word. For every draw and
+configuration this runs the search stage's jobs (both folds) and the final stage's jobs through the
+project's own runner, and prints per draw the objective next to the final Average base/new/HM,
+Spearman(objective, final HM), Spearman(pseudo-new, final new) and what the search bought (final HM of the
+configuration with the highest objective minus the defaults'); then each over draws (mean ± std).
+
+Configurations: the sweep's dual-view defaults and `--configs` of its complete search trials at evenly
+spaced ranks of their objective (the best first), each with the sweep's own settings. This measures the
+instrument and reads the true new classes' test images by design: never use it to choose a configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from itertools import combinations
+from pathlib import Path
+
+import pandas as pd
+
+from dualprompt.evaluate import harmonic_mean
+from dualprompt.world.vocab import BLOCK_SIZE, BLOCKS
+
+LETTERS = "ABCD"[:BLOCKS]
+DRAWS = tuple("".join(pair) for pair in combinations(LETTERS, 2))  # AB AC AD BC BD CD
+CLASSES_PER_BLOCK = BLOCK_SIZE * BLOCK_SIZE
+N_FOLDS = 2
+SMOKE = {"datasets": ("synthetic_blurry",), "draws": ("AB", "CD"), "seeds": (1,),
+         "config": {"epochs": 2, "shots": 4, "n_views": 2}}
+
+
+def block_order(draw: str) -> list[int]:
+    """Labels of the committed layout in the order that makes `draw`'s two blocks base (first, in the
+    order named, so fold 0's pseudo-base is the first letter) and the other two new."""
+    blocks = list(draw) + [b for b in LETTERS if b not in draw]
+    return [LETTERS.index(b) * CLASSES_PER_BLOCK + i for b in blocks for i in range(CLASSES_PER_BLOCK)]
+
+
+def relabel_for(draw: str):
+    """The `Experiment(relabel=...)` function of a draw; a dataset of another size is one sentence."""
+    from dualprompt.data.errors import DataError
+    from dualprompt.data.sampling import restrict_to_labels
+
+    order = block_order(draw)
+
+    def relabel(splits):
+        if len(splits.classnames) != len(order):
+            raise DataError(f"{splits.name} has {len(splits.classnames)} classes, not the {len(order)} of the "
+                            "offline world's four-block layout; class draws apply to the base-to-new "
+                            "synthetic datasets only.")
+        return restrict_to_labels(splits, order)
+
+    return relabel
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m dualprompt.world.draws", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sweep", help="a finished base-to-new sweep's folder (its search rows name the "
+                        "configurations)")
+    parser.add_argument("--configs", type=int, default=6, help="searched configurations, at evenly spaced "
+                        "objective ranks, besides the defaults (default 6)")
+    parser.add_argument("--seeds", type=int, default=2, help="few-shot seeds 1..N (default 2)")
+    parser.add_argument("--draws", default=",".join(DRAWS), help=f"comma-separated draws (default {','.join(DRAWS)})")
+    parser.add_argument("--datasets", help="comma-separated datasets (default: BASE_TO_NEW_DATASETS)")
+    parser.add_argument("--data-root", help="data root (default $DUALPROMPT_DATA_ROOT or ~/.cache/dualprompt/data)")
+    parser.add_argument("--cache-dir", help="feature cache (default $DUALPROMPT_CACHE_DIR or "
+                        "~/.cache/dualprompt/features)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--smoke", action="store_true", help="the offline defaults and two other configurations, "
+                        "1 dataset, 2 draws, 1 seed, 2 epochs, 4 shots")
+    args = parser.parse_args(argv)
+    args.draws = tuple(d.strip() for d in args.draws.split(",") if d.strip())
+    bad = [d for d in args.draws if d not in DRAWS]
+    if bad:
+        parser.error(f"--draws: {bad[0]!r} is not a draw; use two of the blocks {LETTERS} in order, e.g. "
+                     f"{','.join(DRAWS)}.")
+    if not args.smoke and not args.sweep:
+        parser.error("--sweep: name a finished base-to-new sweep's folder (e.g. results/base2new/example), "
+                     "or pass --smoke.")
+    if args.sweep and not Path(args.sweep).is_dir():
+        parser.error(f"--sweep: {args.sweep} is not a folder; pass a sweep's results folder.")
+    if args.configs < 1 or args.seeds < 1 or args.threads < 1:
+        parser.error("--configs, --seeds and --threads must be at least 1.")
+    return args
+
+
+def sweep_configs(folder: str, n: int) -> dict[str, dict]:
+    """name -> flat Config fields: the sweep's defaults, then `n` complete search trials at evenly spaced
+    objective ranks (best first), each with every setting its search rows recorded."""
+    from dualprompt.config import FIELD_TYPE, MACHINE_LOCAL_FIELDS, Config
+    from dualprompt.errors import UsageError
+    from dualprompt.results import load_results
+    from dualprompt.tables import search_trials, searched_params
+
+    rows = load_results(folder)
+    search = rows[rows["stage"] == "search"]
+    if search.empty or search["protocol"].iloc[0] != "base2new":
+        raise UsageError(f"{folder}: no base-to-new search rows; pass the folder of a base2new sweep.")
+    trials = search_trials(rows)
+    trials = trials[trials["complete"].astype(bool)].sort_values("objective", ascending=False)
+    ranks = sorted({round(i * (len(trials) - 1) / max(n - 1, 1)) for i in range(min(n, len(trials)))})
+    keep = [k for k in FIELD_TYPE if k in search and k not in ("dataset", "seed", *MACHINE_LOCAL_FIELDS)]
+
+    def flat(row: pd.Series) -> dict:
+        return {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in keep if not pd.isna(row[k])}
+
+    first = flat(search.iloc[0])
+    params = searched_params(rows)
+    final_defaults = rows[(rows["stage"] == "final") & (rows["variant"] == "defaults")]
+    defaults = (flat(final_defaults.iloc[0]) if not final_defaults.empty
+                else {**first, **{p: Config().to_flat()[p] for p in params}})
+    configs = {"defaults": defaults}
+    for rank in ranks:
+        trial_id = trials["trial_id"].iloc[rank]
+        configs[f"rank {rank + 1}"] = flat(search[search["trial_id"] == trial_id].iloc[0])
+    return configs
+
+
+def run_draw(experiment, configs: dict[str, dict], datasets: tuple[str, ...], seeds: tuple[int, ...],
+             overrides: dict) -> pd.DataFrame:
+    """One row per configuration: objective (mean HM over its search jobs), pseudo-base, pseudo-new, and
+    the final Average base/new/HM (per seed the HM of the dataset-averaged accuracies, then the mean)."""
+    from dualprompt.config import Config
+
+    out = []
+    for name, fields in configs.items():
+        search, final = [], {s: [] for s in seeds}
+        for seed in seeds:
+            for dataset in datasets:
+                cfg = Config.from_flat({**fields, **overrides, "dataset": dataset, "seed": seed})
+                search += [experiment.run(cfg, "search", fold=f).metrics for f in range(N_FOLDS)]
+                final[seed].append(experiment.run(cfg, "final").metrics)
+        base = [statistics.fmean(m["acc_test_base"] for m in final[s]) for s in seeds]
+        new = [statistics.fmean(m["acc_test_new"] for m in final[s]) for s in seeds]
+        out.append({"config": name, "objective": statistics.fmean(m["hm_val"] for m in search),
+                    "pseudo_base": statistics.fmean(m["acc_val_pseudobase"] for m in search),
+                    "pseudo_new": statistics.fmean(m["acc_val_pseudonew"] for m in search),
+                    "final_base": statistics.fmean(base), "final_new": statistics.fmean(new),
+                    "final_hm": statistics.fmean(harmonic_mean(b, n) for b, n in zip(base, new, strict=True))})
+    return pd.DataFrame(out)
+
+
+def draw_summary(table: pd.DataFrame) -> dict[str, float]:
+    """What one draw says about the objective: rank agreement and what the search bought."""
+    from dualprompt.tables import spearman
+
+    searched = table[table["config"] != "defaults"]
+    best = searched.sort_values("objective", ascending=False).iloc[0]
+    defaults = table[table["config"] == "defaults"].iloc[0]
+    return {"spearman_objective_final_hm": spearman(table["objective"], table["final_hm"]),
+            "spearman_pseudo_new_final_new": spearman(table["pseudo_new"], table["final_new"]),
+            "spearman_pseudo_base_final_base": spearman(table["pseudo_base"], table["final_base"]),
+            "best_minus_defaults_objective": best["objective"] - defaults["objective"],
+            "best_minus_defaults_final_hm": best["final_hm"] - defaults["final_hm"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from dualprompt.backbone import load_backbone
+    from dualprompt.config import Config
+    from dualprompt.data.synthetic import BASE_TO_NEW_DATASETS, OFFLINE_TRAINING
+    from dualprompt.errors import DualpromptError
+    from dualprompt.experiment import Experiment
+    from dualprompt.report import frame_markdown
+
+    torch.set_num_threads(args.threads)
+    datasets, seeds, draws = BASE_TO_NEW_DATASETS, tuple(range(1, args.seeds + 1)), args.draws
+    overrides = {k: v for k, v in (("data_root", args.data_root), ("cache_dir", args.cache_dir)) if v}
+    try:
+        if args.smoke:
+            datasets, draws, seeds = SMOKE["datasets"], SMOKE["draws"], SMOKE["seeds"]
+            defaults = {**Config().to_flat(), **OFFLINE_TRAINING, "method": "dualprompt", **SMOKE["config"]}
+            configs = {"defaults": defaults, "rank 1": {**defaults, "n_ctx": 8, "mi_weight": 2.0},
+                       "rank 2": {**defaults, "n_ctx": 2, "aug_strength": 0.0}}
+        else:
+            configs = sweep_configs(args.sweep, args.configs)
+    except DualpromptError as error:
+        print(f"draws: error: {error}", file=sys.stderr)
+        return 2
+    if args.datasets:
+        datasets = tuple(name.strip() for name in args.datasets.split(",") if name.strip())
+    print(f"Class draws {','.join(draws)} (base blocks; AB is the committed world) x {len(configs)} configurations "
+          f"({', '.join(configs)}) x seeds {','.join(map(str, seeds))} x {len(datasets)} datasets", flush=True)
+    backbone = load_backbone(Config.from_flat({**configs["defaults"], **overrides}).backbone)
+    summaries, start = {}, time.perf_counter()
+    for draw in draws:
+        table = run_draw(Experiment(backbone, relabel_for(draw)), configs, datasets, seeds, overrides)
+        summaries[draw] = draw_summary(table)
+        print(f"\nDraw {draw} (base = blocks {' + '.join(draw)}; {time.perf_counter() - start:.0f} s so far):\n")
+        print(frame_markdown(table.round(2)))
+        print(f"  draw {draw}: " + "; ".join(f"{k} {v:+.2f}" for k, v in summaries[draw].items()), flush=True)
+    print(f"\nOver {len(draws)} draws (mean ± std):\n")
+    for key in next(iter(summaries.values())):
+        values = pd.Series([s[key] for s in summaries.values()], dtype="float64")
+        print(f"  {key:<34} {values.mean():+6.2f} ± {values.std():4.2f}   "
+              + "  ".join(f"{d} {s[key]:+.2f}" for d, s in summaries.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Class draws of the offline world (`python -m dualprompt.world.draws`): other choices of base blocks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dualprompt.config import Config
+from dualprompt.data.errors import DataError
+from dualprompt.data.sampling import pseudo_split, subsample_classes
+from dualprompt.data.synthetic import BASE_TO_NEW_DATASETS, DATASETS
+from dualprompt.data.types import DatasetSplits
+from dualprompt.experiment import Experiment
+from dualprompt.tables import best_search_trials
+from dualprompt.world import draws
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "results" / "base2new" / "example"
+
+
+def _names_only(name: str) -> DatasetSplits:
+    return DatasetSplits(name, DATASETS[name].classnames, train=(), val=(), test=())
+
+
+def _words(classnames) -> set[str]:
+    return {word for name in classnames for word in name.split()}
+
+
+@pytest.mark.parametrize("draw", draws.DRAWS)
+@pytest.mark.parametrize("name", BASE_TO_NEW_DATASETS)
+def test_every_draw_keeps_the_protocols_word_disjoint_splits(name, draw):
+    splits = draws.relabel_for(draw)(_names_only(name))
+    base, new = subsample_classes(splits, "base"), subsample_classes(splits, "new")
+    pseudo_base, pseudo_new = pseudo_split(base)
+    assert sorted(splits.classnames) == sorted(DATASETS[name].classnames)
+    assert not _words(base.classnames) & _words(new.classnames)
+    assert not _words(pseudo_base.classnames) & _words(pseudo_new.classnames)
+    # The draw's first block is pseudo-base in fold 0: the committed world's labels of that block.
+    first = "ABCD".index(draw[0]) * draws.CLASSES_PER_BLOCK
+    assert pseudo_base.classnames == DATASETS[name].classnames[first:first + draws.CLASSES_PER_BLOCK]
+
+
+def test_draw_ab_is_the_committed_world_and_cd_swaps_base_and_new():
+    assert draws.block_order("AB") == list(range(36))
+    committed = _names_only("synthetic_faded")
+    swapped = draws.relabel_for("CD")(committed)
+    assert subsample_classes(swapped, "base").classnames == subsample_classes(committed, "new").classnames
+    assert subsample_classes(swapped, "new").classnames == subsample_classes(committed, "base").classnames
+
+
+def test_a_dataset_of_another_size_is_refused_with_one_sentence():
+    splits = DatasetSplits("flowers", tuple(f"class {i}" for i in range(10)), (), (), ())
+    with pytest.raises(DataError, match="flowers has 10 classes, not the 36 .* base-to-new synthetic datasets only"):
+        draws.relabel_for("AC")(splits)
+
+
+def test_zero_shot_base_of_draw_cd_is_zero_shot_new_of_the_committed_world(isolated_dirs, tiny_clip):
+    """The same images and classes under the swapped draw: the two 18-way problems trade places exactly."""
+    cfg = Config().replace(method="zeroshot", dataset="synthetic_blurry")
+    committed = Experiment(tiny_clip).run(cfg, "final").metrics
+    swapped = Experiment(tiny_clip, draws.relabel_for("CD")).run(cfg, "final").metrics
+    assert swapped["acc_test_base"] == committed["acc_test_new"]
+    assert swapped["acc_test_new"] == committed["acc_test_base"]
+
+
+def test_configurations_come_from_the_sweep_at_evenly_spaced_objective_ranks():
+    configs = draws.sweep_configs(str(EXAMPLE), 3)
+    assert list(configs) == ["defaults", "rank 1", "rank 33", "rank 64"]
+    from dualprompt.results import load_results
+
+    rows = load_results(str(EXAMPLE))
+    best = best_search_trials(rows, k=1).iloc[0]
+    assert configs["rank 1"]["n_ctx"] == best["n_ctx"] and configs["rank 1"]["mi_weight"] == best["mi_weight"]
+    final_defaults = rows[(rows["stage"] == "final") & (rows["variant"] == "defaults")].iloc[0]
+    assert configs["defaults"]["n_ctx"] == final_defaults["n_ctx"] == 4
+    for fields in configs.values():  # every job runs with the sweep's own settings, never this machine's paths
+        assert fields["epochs"] == 40 and fields["method"] == "dualprompt"
+        assert "data_root" not in fields and "dataset" not in fields
+        Config.from_flat(fields)
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "--sweep: name a finished base-to-new sweep's folder"),
+    (["--sweep", "no/such/folder"], "--sweep: no/such/folder is not a folder"),
+    (["--smoke", "--draws", "AB,XY"], "--draws: 'XY' is not a draw"),
+    (["--smoke", "--seeds", "0"], "must be at least 1"),
+])
+def test_bad_arguments_are_one_sentence_before_any_work(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        draws.parse_args(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_draws_smoke_prints_each_draw_and_the_summary_over_draws(isolated_dirs):
+    result = subprocess.run(
+        [sys.executable, "-m", "dualprompt.world.draws", "--smoke", "--data-root", str(isolated_dirs / "data"),
+         "--cache-dir", str(isolated_dirs / "features")],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "Draw AB (base = blocks A + B" in out and "Draw CD (base = blocks C + D" in out
+    assert out.count("| defaults |") == 2 and "Over 2 draws" in out
+    for key in ("spearman_objective_final_hm", "spearman_pseudo_new_final_new", "best_minus_defaults_final_hm"):
+        summary = next(line for line in out.splitlines() if line.strip().startswith(key))
+        assert "AB " in summary and "CD " in summary
