@@ -87,6 +87,7 @@ def test_configurations_come_from_the_sweep_at_evenly_spaced_objective_ranks():
     (["--sweep", "no/such/folder"], "--sweep: no/such/folder is not a folder"),
     (["--smoke", "--draws", "AB,XY"], "--draws: 'XY' is not a draw"),
     (["--smoke", "--seeds", "0"], "must be at least 1"),
+    (["--smoke", "--datasets", "synthetic_source"], "--datasets: synthetic_source has no class blocks"),
 ])
 def test_bad_arguments_are_one_sentence_before_any_work(capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -90,6 +90,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "or pass --smoke.")
     if args.sweep and not Path(args.sweep).is_dir():
         parser.error(f"--sweep: {args.sweep} is not a folder; pass a sweep's results folder.")
+    from dualprompt.data.synthetic import BASE_TO_NEW_DATASETS
+
+    args.datasets = tuple(n.strip() for n in (args.datasets or "").split(",") if n.strip()) or BASE_TO_NEW_DATASETS
+    unknown = [n for n in args.datasets if n not in BASE_TO_NEW_DATASETS]
+    if unknown:
+        parser.error(f"--datasets: {unknown[0]} has no class blocks; use some of {', '.join(BASE_TO_NEW_DATASETS)}.")
     if args.configs < 1 or args.seeds < 1 or args.threads < 1:
         parser.error("--configs, --seeds and --threads must be at least 1.")
     return args
@@ -171,27 +177,25 @@ def main(argv: list[str] | None = None) -> int:
 
     from dualprompt.backbone import load_backbone
     from dualprompt.config import Config
-    from dualprompt.data.synthetic import BASE_TO_NEW_DATASETS, OFFLINE_TRAINING
+    from dualprompt.data.synthetic import OFFLINE_TRAINING
     from dualprompt.errors import DualpromptError
     from dualprompt.experiment import Experiment
     from dualprompt.report import frame_markdown
 
     torch.set_num_threads(args.threads)
-    datasets, seeds, draws = BASE_TO_NEW_DATASETS, tuple(range(1, args.seeds + 1)), args.draws
+    datasets, seeds, draws = args.datasets, tuple(range(1, args.seeds + 1)), args.draws
     overrides = {k: v for k, v in (("data_root", args.data_root), ("cache_dir", args.cache_dir)) if v}
     try:
         if args.smoke:
             datasets, draws, seeds = SMOKE["datasets"], SMOKE["draws"], SMOKE["seeds"]
             defaults = {**Config().to_flat(), **OFFLINE_TRAINING, "method": "dualprompt", **SMOKE["config"]}
-            configs = {"defaults": defaults, "rank 1": {**defaults, "n_ctx": 8, "mi_weight": 2.0},
-                       "rank 2": {**defaults, "n_ctx": 2, "aug_strength": 0.0}}
+            configs = {"defaults": defaults, "other 1": {**defaults, "n_ctx": 8, "mi_weight": 2.0},
+                       "other 2": {**defaults, "n_ctx": 2, "aug_strength": 0.0}}
         else:
             configs = sweep_configs(args.sweep, args.configs)
     except DualpromptError as error:
-        print(f"draws: error: {error}", file=sys.stderr)
+        print(f"python -m dualprompt.world.draws: error: {error}", file=sys.stderr)
         return 2
-    if args.datasets:
-        datasets = tuple(name.strip() for name in args.datasets.split(",") if name.strip())
     print(f"Class draws {','.join(draws)} (base blocks; AB is the committed world) x {len(configs)} configurations "
           f"({', '.join(configs)}) x seeds {','.join(map(str, seeds))} x {len(datasets)} datasets", flush=True)
     backbone = load_backbone(Config.from_flat({**configs["defaults"], **overrides}).backbone)
