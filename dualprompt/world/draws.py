@@ -21,7 +21,6 @@ instrument and reads the true new classes' test images by design: never use it t
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from itertools import combinations
@@ -29,7 +28,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from dualprompt.evaluate import harmonic_mean
 from dualprompt.world.vocab import BLOCK_SIZE, BLOCKS
 
 LETTERS = "ABCD"[:BLOCKS]
@@ -121,11 +119,11 @@ def sweep_configs(folder: str, n: int) -> dict[str, dict]:
     def flat(row: pd.Series) -> dict:
         return {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in keep if not pd.isna(row[k])}
 
-    first = flat(search.iloc[0])
-    params = searched_params(rows)
     final_defaults = rows[(rows["stage"] == "final") & (rows["variant"] == "defaults")]
-    defaults = (flat(final_defaults.iloc[0]) if not final_defaults.empty
-                else {**first, **{p: Config().to_flat()[p] for p in params}})
+    if final_defaults.empty:  # a search without its final stage: the first search row, at Config's defaults
+        defaults = {**flat(search.iloc[0]), **{p: Config().to_flat()[p] for p in searched_params(rows)}}
+    else:
+        defaults = flat(final_defaults.iloc[0])
     configs = {"defaults": defaults}
     for rank in ranks:
         trial_id = trials["trial_id"].iloc[rank]
@@ -136,25 +134,24 @@ def sweep_configs(folder: str, n: int) -> dict[str, dict]:
 def run_draw(experiment, configs: dict[str, dict], datasets: tuple[str, ...], seeds: tuple[int, ...],
              overrides: dict) -> pd.DataFrame:
     """One row per configuration: objective (mean HM over its search jobs), pseudo-base, pseudo-new, and
-    the final Average base/new/HM (per seed the HM of the dataset-averaged accuracies, then the mean)."""
+    the final Average base/new/HM (`tables.per_seed_average`, the sweep report's Average, then the mean
+    over seeds)."""
     from dualprompt.config import Config
+    from dualprompt.tables import per_seed_average
 
-    out = []
+    search, final = [], []
     for name, fields in configs.items():
-        search, final = [], {s: [] for s in seeds}
         for seed in seeds:
             for dataset in datasets:
                 cfg = Config.from_flat({**fields, **overrides, "dataset": dataset, "seed": seed})
-                search += [experiment.run(cfg, "search", fold=f).metrics for f in range(N_FOLDS)]
-                final[seed].append(experiment.run(cfg, "final").metrics)
-        base = [statistics.fmean(m["acc_test_base"] for m in final[s]) for s in seeds]
-        new = [statistics.fmean(m["acc_test_new"] for m in final[s]) for s in seeds]
-        out.append({"config": name, "objective": statistics.fmean(m["hm_val"] for m in search),
-                    "pseudo_base": statistics.fmean(m["acc_val_pseudobase"] for m in search),
-                    "pseudo_new": statistics.fmean(m["acc_val_pseudonew"] for m in search),
-                    "final_base": statistics.fmean(base), "final_new": statistics.fmean(new),
-                    "final_hm": statistics.fmean(harmonic_mean(b, n) for b, n in zip(base, new, strict=True))})
-    return pd.DataFrame(out)
+                job = {"variant": name, "dataset": dataset, "seed": seed}
+                search += [{**job, **experiment.run(cfg, "search", fold=f).metrics} for f in range(N_FOLDS)]
+                final.append({**job, **experiment.run(cfg, "final").metrics})
+    parts = pd.DataFrame(search).groupby("variant", sort=False).agg(
+        objective=("hm_val", "mean"), pseudo_base=("acc_val_pseudobase", "mean"),
+        pseudo_new=("acc_val_pseudonew", "mean"))
+    average = per_seed_average(pd.DataFrame(final)).groupby("variant")[["base", "new", "hm"]].mean()
+    return parts.join(average.add_prefix("final_")).rename_axis("config").reset_index()
 
 
 def draw_summary(table: pd.DataFrame) -> dict[str, float]:
