@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import subprocess
@@ -214,6 +215,21 @@ def test_each_dataset_draws_its_own_grouping_and_it_is_stable():
     assert (set(d.colours), set(d.shapes)) == ({"green", "black", "red"}, {"star", "hexagon", "cross"})
 
 
+def test_a_changed_layout_rebuilds_the_materialised_copy(tmp_path, monkeypatch):
+    from dualprompt.data import synthetic
+
+    spec = SYNTHETIC_SPECS["synthetic_blurry"]
+    folder = tmp_path / spec.folder
+    folder.mkdir()
+    (folder / str(spec.split_file)).write_text("{}")
+    (folder / MARKER_FILE).write_text(json.dumps(synthetic._marker(spec)))
+    assert is_materialised(spec, folder)
+    dataset = DATASETS[spec.name]
+    swapped = dataclasses.replace(dataset, classes=dataset.classes[::-1])
+    monkeypatch.setitem(synthetic.DATASETS, spec.name, swapped)
+    assert not is_materialised(spec, folder)
+
+
 def test_pretraining_sees_every_class_in_every_style():
     from dualprompt.world.pretrain import caption_batch
 
@@ -391,11 +407,20 @@ def test_checkpoint_is_small_and_loads_with_open_clip_defaults(open_clip_tiny):
 
 def test_provenance_belongs_to_this_world():
     from dualprompt.data.synthetic import GENERATOR_VERSION
+    from dualprompt.world.pretrain import classes_digest
 
     record = json.loads(world.PROVENANCE_PATH.read_text())
     assert record["generator_version"] == GENERATOR_VERSION
     assert record["command"].startswith("python -m dualprompt.world.pretrain")
     assert set(BASE_TO_NEW_DATASETS) <= set(record["zero_shot_accuracy_percent"])
+    # Its zero-shot accuracies were measured on these datasets' classes (else: pretrain --rescore).
+    assert record["zero_shot_classes_digest"] == classes_digest()
+
+
+def test_rescore_needs_a_checkpoint_with_its_record(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "dualprompt.world.pretrain", "--rescore", "--out",
+                             str(tmp_path / "missing.safetensors")], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "--rescore needs a checkpoint and its provenance record" in result.stderr
 
 
 def test_committed_checkpoint_records_both_pretraining_stages():

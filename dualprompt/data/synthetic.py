@@ -31,8 +31,9 @@ from dualprompt.data.types import DatasetSpec
 from dualprompt.world.render import PRETRAINING, Variation, render
 from dualprompt.world.vocab import Pair, banded_classes, base_to_new_layout, classname, stable_subset
 
-# Bump whenever the renderer, the class layout or the counts change: materialised copies of an older
-# version are then rebuilt instead of silently reused.
+# Bump whenever the renderer or the counts change: materialised copies of an older version are then
+# rebuilt instead of silently reused. The marker also records each dataset's classes, so a change of the
+# class layout rebuilds them too (the images of a label are drawn from the same random stream).
 GENERATOR_VERSION = 3
 MARKER_FILE = "GENERATOR.json"
 IMAGE_DIR = "images"
@@ -145,7 +146,8 @@ SYNTHETIC_SPECS: dict[str, DatasetSpec] = {name: _spec(dataset) for name, datase
 
 
 def _marker(spec: DatasetSpec) -> dict:
-    return {"generator_version": GENERATOR_VERSION, "name": spec.name, "counts": list(spec.expected_counts)}
+    return {"generator_version": GENERATOR_VERSION, "name": spec.name, "counts": list(spec.expected_counts),
+            "classes": list(DATASETS[spec.name].classnames)}
 
 
 def is_materialised(spec: DatasetSpec, folder: Path) -> bool:

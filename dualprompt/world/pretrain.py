@@ -29,12 +29,17 @@ Writes, each atomically (temporary file, then rename):
     wall seconds, CPU count, versions, the provenance of the `--init` checkpoint, and zero-shot
     accuracies measured on the saved checkpoint with the datasets' class names (each base-to-new
     dataset's base and new test halves with "a photo of a {}." and with the style's own template, the
-    cross-dataset source and the domain-generalisation targets, and per style among all 144 classes).
+    cross-dataset source and the domain-generalisation targets, and per style among all 144 classes),
+    with the digest of the classes they were measured on.
+
+`--rescore` trains nothing: after the datasets' classes change (not the model), it re-measures those
+zero-shot accuracies of the checkpoint and rewrites them into its provenance, naming itself there.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -182,6 +187,30 @@ def measure_zero_shot(checkpoint: Path, data_root: Path) -> dict:
     return results
 
 
+def classes_digest() -> str:
+    """SHA-256 of every synthetic dataset's class names in label order: which classes the zero-shot
+    accuracies of a provenance record were measured on."""
+    names = {name: list(dataset.classnames) for name, dataset in sorted(DATASETS.items())}
+    return hashlib.sha256(json.dumps(names).encode()).hexdigest()
+
+
+def rescore(args: argparse.Namespace) -> None:
+    """Re-measure the zero-shot accuracies of the checkpoint at --out on this version's datasets (after a
+    change of their classes, not of the model) and rewrite them into its provenance, which keeps its
+    training record and says which command re-measured them."""
+    record_path = provenance_path(args.out)
+    if not args.out.is_file() or not record_path.is_file():
+        raise SystemExit(f"error: --rescore needs a checkpoint and its provenance record; {args.out} or "
+                         f"{record_path} is missing (pretrain it first).")
+    record = json.loads(record_path.read_text())
+    with tempfile.TemporaryDirectory() as scratch:
+        record["zero_shot_accuracy_percent"] = measure_zero_shot(args.out, args.data_root or Path(scratch))
+    record["zero_shot_classes_digest"] = classes_digest()
+    record["zero_shot_rescored_by"] = "python -m dualprompt.world.pretrain --rescore"
+    write_atomically(record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+    print(json.dumps(record["zero_shot_accuracy_percent"], indent=2))
+
+
 def provenance_path(checkpoint: Path) -> Path:
     """Where the provenance JSON of `checkpoint` lives: `<stem>.provenance.json` next to it."""
     return checkpoint.with_name(f"{checkpoint.stem}.provenance.json")
@@ -200,6 +229,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--init", type=Path, default=None,
                         help="continue from this checkpoint of the same model (a first stage), not from scratch")
     parser.add_argument("--out", type=Path, default=CHECKPOINT_PATH, help="checkpoint path (.safetensors)")
+    parser.add_argument("--rescore", action="store_true",
+                        help="train nothing: re-measure the zero-shot accuracies of --out on this version's "
+                             "datasets and rewrite them into its provenance (after their classes change)")
     parser.add_argument(
         "--data-root", type=Path, default=None, help="eval datasets go here (default: a temporary folder)"
     )
@@ -243,6 +275,8 @@ def command_line(args: argparse.Namespace) -> str:
 
 def main() -> None:
     args = parse_args()
+    if args.rescore:
+        return rescore(args)
     torch.manual_seed(args.seed)
     open_clip.add_model_config(CONFIG_PATH)
     model = open_clip.create_model(TINY_MODEL_NAME, output_dict=True)
@@ -277,6 +311,7 @@ def main() -> None:
         "generator_version": GENERATOR_VERSION,
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "zero_shot_accuracy_percent": zero_shot,
+        "zero_shot_classes_digest": classes_digest(),
     }
     write_atomically(provenance_path(args.out), lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
     print(json.dumps(record, indent=2))
