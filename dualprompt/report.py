@@ -36,6 +36,7 @@ from .tables import (
     search_trials,
     searched_params,
     spearman,
+    spearman_interval,
     summarise,
     transfer_summary,
     variant_label,
@@ -215,12 +216,14 @@ def _validity(rows: pd.DataFrame, out: Path, protocol) -> list[str]:
     if table.empty:
         return []
     rho = spearman(table["objective"], table["final"])
+    low, high = spearman_interval(rho, table[["objective", "final"]].dropna().shape[0])
+    interval = f"; 95% interval {low:.2f} to {high:.2f}, Fisher's z" if not math.isnan(low) else ""
     what = HEADLINE[protocol.name]
     plots.objective_validity(table, out / "objective_validity.png", protocol.search.objective, what)
     shown = table.assign(variant=table["variant"].map(variant_label))
     return [f"**Did the objective predict the final result?** The final stage re-trained {len(table)} searched "
             f"configurations on the final protocol; Spearman rank correlation between their search objective and "
-            f"their final {what}: **{rho:.2f}** (n = {len(table)}).", "",
+            f"their final {what}: **{rho:.2f}** (n = {len(table)}{interval}).", "",
             frame_markdown(shown.drop(columns=["search_trial_id"])), "",
             "![objective vs final](objective_validity.png)", ""]
 

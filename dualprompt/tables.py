@@ -239,6 +239,17 @@ def spearman(x: pd.Series, y: pd.Series) -> float:
     return float(np.corrcoef(pairs["x"].rank(), pairs["y"].rank())[0, 1])
 
 
+def spearman_interval(rho: float, n: int, z_score: float = 1.96) -> tuple[float, float]:
+    """Approximate 95% interval of a Spearman correlation over `n` pairs: Fisher's z with Bonett and Wright's
+    (2000) variance (1 + rho^2 / 2) / (n - 3). Few configurations make it wide (n = 6, rho = 0: -0.81 to
+    0.81), which is what a reader of one correlation needs to know. NaN below 4 pairs and at |rho| = 1,
+    where the approximation degenerates to a point."""
+    if n < 4 or math.isnan(rho) or abs(rho) >= 1.0:
+        return math.nan, math.nan
+    half_width = z_score * math.sqrt((1 + rho**2 / 2) / (n - 3))
+    return math.tanh(math.atanh(rho) - half_width), math.tanh(math.atanh(rho) + half_width)
+
+
 def objective_validity(rows: pd.DataFrame) -> pd.DataFrame:
     """For each final variant that came from a search trial (best, defaults, top-K): its search objective and
     SE next to its final headline number; `spearman(table.objective, table.final)` measures the prediction."""

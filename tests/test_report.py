@@ -21,6 +21,7 @@ from dualprompt.tables import (
     objective_validity,
     search_trials,
     spearman,
+    spearman_interval,
     summarise,
     transfer_summary,
 )
@@ -115,6 +116,14 @@ def test_objective_validity_pairs_each_searched_variant_with_its_trial():
     assert table.loc["best", "objective"] == pytest.approx(53.0)
     assert table.loc["best", "final"] == pytest.approx(hm(81.5, 60.0))
     assert spearman(table["objective"], table["final"]) == pytest.approx(0.8)  # ranks 4,3,2,1 vs 4,3,1,2
+
+
+def test_spearman_interval_is_fisher_z_with_bonett_wright_variance():
+    # By hand: z = atanh(0.5) = 0.5493, SE = sqrt(1.125 / 7) = 0.4009, tanh(0.5493 -+ 1.96 x 0.4009).
+    assert spearman_interval(0.5, 10) == pytest.approx((-0.2321, 0.8705), abs=1e-4)
+    low, high = spearman_interval(0.0, 6)
+    assert low == pytest.approx(-high) and high == pytest.approx(0.8116, abs=1e-4)
+    assert all(math.isnan(v) for v in (*spearman_interval(0.5, 3), *spearman_interval(1.0, 8)))
 
 
 def test_transfer_and_few_shot_tables():
