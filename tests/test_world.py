@@ -497,10 +497,13 @@ def test_checkpoint_reproduces_recorded_zero_shot_accuracy_everywhere(isolated_d
 def test_world_check_smoke_prints_every_criterion(isolated_dirs, draw):
     result = subprocess.run(
         [sys.executable, "-m", "dualprompt.world.check", "--smoke", "--data-root", str(isolated_dirs / "data"),
-         "--cache-dir", str(isolated_dirs / "features"), "--draw", draw],
+         "--cache-dir", str(isolated_dirs / "features"), "--draw", draw, "--json", str(isolated_dirs / "check.json")],
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((isolated_dirs / "check.json").read_text())["rows"]  # every job, search folds included
+    assert {(row["stage"], row["method"]) for row in rows} == {
+        ("final", "zeroshot"), ("final", "coop"), ("final", "kgcoop"), ("search", "coop")}
     out = result.stdout
     for criterion in ("CoOp base - zero-shot base", "zero-shot new - CoOp new", "KgCoOp HM - CoOp HM",
                       "seed std of zero-shot CLIP Average HM", "seed std of CoOp Average HM",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from dualprompt.config import Config
@@ -97,9 +99,10 @@ def test_bad_arguments_are_one_sentence_before_any_work(capsys, args, message):
 
 
 def test_draws_smoke_prints_each_draw_and_the_summary_over_draws(isolated_dirs):
+    jobs_file = isolated_dirs / "out" / "draws.json"
     result = subprocess.run(
         [sys.executable, "-m", "dualprompt.world.draws", "--smoke", "--data-root", str(isolated_dirs / "data"),
-         "--cache-dir", str(isolated_dirs / "features")],
+         "--cache-dir", str(isolated_dirs / "features"), "--json", str(jobs_file)],
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -109,3 +112,12 @@ def test_draws_smoke_prints_each_draw_and_the_summary_over_draws(isolated_dirs):
     for key in ("spearman_objective_final_hm", "spearman_pseudo_new_final_new", "best_minus_defaults_final_hm"):
         summary = next(line for line in out.splitlines() if line.strip().startswith(key))
         assert "AB " in summary and "CD " in summary
+    assert out.count("95% interval of Spearman(objective, final HM) over 3 configurations") == 2
+    # Every job is in the JSON: 2 draws x 3 configurations x 1 seed x 1 dataset x (2 search folds + 1 final).
+    rows = pd.DataFrame(json.loads(jobs_file.read_text())["rows"])
+    assert len(rows) == 18 and set(rows["draw"]) == {"AB", "CD"}
+    expected = {(d, v, s): n for d in ("AB", "CD") for v in ("defaults", "other 1", "other 2")
+                for s, n in (("final", 1), ("search", 2))}
+    assert rows.groupby(["draw", "variant", "stage"]).size().to_dict() == expected
+    assert rows.loc[rows["stage"] == "search", "hm_val"].notna().all()
+    assert rows.loc[rows["stage"] == "final", "acc_test_new"].notna().all()

@@ -153,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append({**_row("search", "coop", dataset, seed, result), "fold": fold})
         print(f"  {dataset}: done ({time.perf_counter() - start:.0f} s so far)", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"overrides": {k: str(v) for k, v in overrides.items()},
-                                         "seeds": seeds, "datasets": datasets, "rows": rows}, indent=1))
+        from dualprompt.storage import write_bytes_atomically
+
+        record = {"overrides": {k: str(v) for k, v in overrides.items()}, "seeds": seeds, "datasets": datasets,
+                  "rows": rows}
+        write_bytes_atomically(json.dumps(record, indent=1).encode(), str(args.json))
     criteria = report(rows, datasets, seeds)
     failed = [c for c in criteria if not c.passed]
     print(f"\n{len(criteria) - len(failed)} of {len(criteria)} criteria pass"

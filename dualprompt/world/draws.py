@@ -21,6 +21,7 @@ instrument and reads the true new classes' test images by design: never use it t
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from itertools import combinations
@@ -75,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", help="feature cache (default $DUALPROMPT_CACHE_DIR or "
                         "~/.cache/dualprompt/features)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--json", help="also write every job's metrics (draw, configuration, dataset, seed, stage, "
+                        "fold) to this file, rewritten after each draw")
     parser.add_argument("--smoke", action="store_true", help="the offline defaults and two other configurations, "
                         "1 dataset, 2 draws, 1 seed, 2 epochs, 4 shots")
     args = parser.parse_args(argv)
@@ -132,10 +135,10 @@ def sweep_configs(folder: str, n: int) -> dict[str, dict]:
 
 
 def run_draw(experiment, configs: dict[str, dict], datasets: tuple[str, ...], seeds: tuple[int, ...],
-             overrides: dict) -> pd.DataFrame:
+             overrides: dict) -> tuple[pd.DataFrame, list[dict]]:
     """One row per configuration: objective (mean HM over its search jobs), pseudo-base, pseudo-new, and
     the final Average base/new/HM (`tables.per_seed_average`, the sweep report's Average, then the mean
-    over seeds)."""
+    over seeds); and every job's metrics, one dict each (stage, fold, configuration, dataset, seed)."""
     from dualprompt.config import Config
     from dualprompt.tables import per_seed_average
 
@@ -145,13 +148,14 @@ def run_draw(experiment, configs: dict[str, dict], datasets: tuple[str, ...], se
             for dataset in datasets:
                 cfg = Config.from_flat({**fields, **overrides, "dataset": dataset, "seed": seed})
                 job = {"variant": name, "dataset": dataset, "seed": seed}
-                search += [{**job, **experiment.run(cfg, "search", fold=f).metrics} for f in range(N_FOLDS)]
-                final.append({**job, **experiment.run(cfg, "final").metrics})
+                search += [{**job, "stage": "search", "fold": f, **experiment.run(cfg, "search", fold=f).metrics}
+                           for f in range(N_FOLDS)]
+                final.append({**job, "stage": "final", **experiment.run(cfg, "final").metrics})
     parts = pd.DataFrame(search).groupby("variant", sort=False).agg(
         objective=("hm_val", "mean"), pseudo_base=("acc_val_pseudobase", "mean"),
         pseudo_new=("acc_val_pseudonew", "mean"))
     average = per_seed_average(pd.DataFrame(final)).groupby("variant")[["base", "new", "hm"]].mean()
-    return parts.join(average.add_prefix("final_")).rename_axis("config").reset_index()
+    return parts.join(average.add_prefix("final_")).rename_axis("config").reset_index(), search + final
 
 
 def draw_summary(table: pd.DataFrame) -> dict[str, float]:
@@ -178,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     from dualprompt.errors import DualpromptError
     from dualprompt.experiment import Experiment
     from dualprompt.report import frame_markdown
+    from dualprompt.storage import write_bytes_atomically
+    from dualprompt.tables import spearman_interval
 
     torch.set_num_threads(args.threads)
     datasets, seeds, draws = args.datasets, tuple(range(1, args.seeds + 1)), args.draws
@@ -196,13 +202,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Class draws {','.join(draws)} (base blocks; AB is the committed world) x {len(configs)} configurations "
           f"({', '.join(configs)}) x seeds {','.join(map(str, seeds))} x {len(datasets)} datasets", flush=True)
     backbone = load_backbone(Config.from_flat({**configs["defaults"], **overrides}).backbone)
-    summaries, start = {}, time.perf_counter()
+    summaries, jobs, start = {}, [], time.perf_counter()
     for draw in draws:
-        table = run_draw(Experiment(backbone, relabel_for(draw)), configs, datasets, seeds, overrides)
+        table, draw_jobs = run_draw(Experiment(backbone, relabel_for(draw)), configs, datasets, seeds, overrides)
         summaries[draw] = draw_summary(table)
+        jobs += [{"draw": draw, **job} for job in draw_jobs]
+        if args.json:  # after every draw, so an interrupted run keeps the draws it finished
+            record = {"configs": configs, "datasets": datasets, "seeds": seeds, "rows": jobs}
+            write_bytes_atomically(json.dumps(record, indent=1, default=str).encode(), args.json)
         print(f"\nDraw {draw} (base = blocks {' + '.join(draw)}; {time.perf_counter() - start:.0f} s so far):\n")
         print(frame_markdown(table.round(2)))
-        print(f"  draw {draw}: " + "; ".join(f"{k} {v:+.2f}" for k, v in summaries[draw].items()), flush=True)
+        print(f"  draw {draw}: " + "; ".join(f"{k} {v:+.2f}" for k, v in summaries[draw].items()))
+        low, high = spearman_interval(summaries[draw]["spearman_objective_final_hm"], len(table))
+        print(f"  draw {draw}: 95% interval of Spearman(objective, final HM) over {len(table)} configurations: "
+              f"{low:+.2f} to {high:+.2f} (Fisher's z)", flush=True)
     print(f"\nOver {len(draws)} draws (mean ± std):\n")
     for key in next(iter(summaries.values())):
         values = pd.Series([s[key] for s in summaries.values()], dtype="float64")
