@@ -420,7 +420,7 @@ def test_provenance_belongs_to_this_world():
 def test_rescore_needs_a_checkpoint_with_its_record(tmp_path):
     result = subprocess.run([sys.executable, "-m", "dualprompt.world.pretrain", "--rescore", "--out",
                              str(tmp_path / "missing.safetensors")], capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "--rescore needs a checkpoint and its provenance record" in result.stderr
+    assert result.returncode == 2 and f"--rescore: {tmp_path / 'missing.safetensors'} does not exist" in result.stderr
 
 
 def test_committed_checkpoint_records_both_pretraining_stages():

@@ -199,9 +199,6 @@ def rescore(args: argparse.Namespace) -> None:
     change of their classes, not of the model) and rewrite them into its provenance, which keeps its
     training record and says which command re-measured them."""
     record_path = provenance_path(args.out)
-    if not args.out.is_file() or not record_path.is_file():
-        raise SystemExit(f"error: --rescore needs a checkpoint and its provenance record; {args.out} or "
-                         f"{record_path} is missing (pretrain it first).")
     record = json.loads(record_path.read_text())
     with tempfile.TemporaryDirectory() as scratch:
         record["zero_shot_accuracy_percent"] = measure_zero_shot(args.out, args.data_root or Path(scratch))
@@ -241,6 +238,11 @@ def parse_args() -> argparse.Namespace:
             parser.error(f"{flag} is a probability; give a value in [0, 1], not {value}.")
     if args.steps < 1 or args.batch_size < 2:
         parser.error("--steps must be >= 1 and --batch-size >= 2 (a contrastive batch needs negatives).")
+    if args.rescore:
+        missing = next((path for path in (args.out, provenance_path(args.out)) if not path.is_file()), None)
+        if missing is not None:
+            parser.error(f"--rescore: {missing} does not exist; it needs the checkpoint (--out) and the "
+                         "provenance record next to it, so pretrain first.")
     if args.init is not None:
         if not args.init.is_file():
             parser.error(f"--init {args.init}: no such checkpoint file; give the .safetensors of a first stage.")
