@@ -53,21 +53,22 @@ def test_draw_ab_is_the_committed_world_and_cd_swaps_base_and_new():
     assert subsample_classes(swapped, "new").classnames == subsample_classes(committed, "base").classnames
 
 
-@pytest.mark.parametrize("draw", ["AB", "BD"])
-def test_smaller_blocks_keep_two_colours_by_two_shapes_of_each_block_and_every_split_property(draw):
-    splits = draws.relabel_for(draw, side=2)(_names_only("synthetic_noisy"))
-    assert len(splits.classnames) == 16
+@pytest.mark.parametrize("draw, block, kept", [("AB", (2, 2), (0, 1, 3, 4)), ("BD", (2, 2), (0, 1, 3, 4)),
+                                               ("AC", (2, 3), (0, 1, 2, 3, 4, 5))])
+def test_smaller_blocks_keep_their_first_colours_by_shapes_and_every_split_property(draw, block, kept):
+    splits = draws.relabel_for(draw, block)(_names_only("synthetic_noisy"))
+    assert len(splits.classnames) == 4 * len(kept)
     base, new = subsample_classes(splits, "base"), subsample_classes(splits, "new")
     pseudo_base, pseudo_new = pseudo_split(base, fold=0)
     assert not _words(base.classnames) & _words(new.classnames)
     assert not _words(pseudo_base.classnames) & _words(pseudo_new.classnames)
-    for part in (pseudo_base, pseudo_new, *pseudo_split(new, fold=0)):  # 2 colours x 2 shapes, all four classes
+    for part in (pseudo_base, pseudo_new, *pseudo_split(new, fold=0)):  # every kept class of one block
         colours, shapes = {n.split()[0] for n in part.classnames}, {n.split()[1] for n in part.classnames}
-        assert len(colours) == len(shapes) == 2 and len(part.classnames) == 4
-    # Each kept class is one of its block's: the first two colours x first two shapes, in label order.
+        assert (len(colours), len(shapes)) == block and len(part.classnames) == len(kept)
+    # Each kept class is one of its block's: the first colours x first shapes, in label order.
     first = "ABCD".index(draw[0]) * draws.CLASSES_PER_BLOCK
     full = DATASETS["synthetic_noisy"].classnames
-    assert pseudo_base.classnames == tuple(full[first + i] for i in (0, 1, 3, 4))
+    assert pseudo_base.classnames == tuple(full[first + i] for i in kept)
 
 
 def test_a_dataset_of_another_size_is_refused_with_one_sentence():
@@ -107,7 +108,8 @@ def test_configurations_come_from_the_sweep_at_evenly_spaced_objective_ranks():
     (["--smoke", "--draws", "AB,XY"], "--draws: 'XY' is not a draw"),
     (["--smoke", "--seeds", "0"], "must be at least 1"),
     (["--smoke", "--datasets", "synthetic_source"], "--datasets: synthetic_source has no class blocks"),
-    (["--smoke", "--block-side", "1"], "--block-side: 1 is not between 2 and 3"),
+    (["--smoke", "--block", "1x3"], "--block: '1x3' is not COLOURSxSHAPES with each between 2 and 3"),
+    (["--smoke", "--block", "3"], "--block: '3' is not COLOURSxSHAPES"),
 ])
 def test_bad_arguments_are_one_sentence_before_any_work(capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:

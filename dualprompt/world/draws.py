@@ -14,9 +14,10 @@ Spearman(objective, final HM), Spearman(pseudo-new, final new) and what the sear
 configuration with the highest objective minus the defaults'); then each over draws (mean ± std).
 
 Configurations: the sweep's dual-view defaults and `--configs` of its complete search trials at evenly
-spaced ranks of their objective (the best first), each with the sweep's own settings. `--block-side 2`
-keeps 2 colours x 2 shapes of every block (4 classes instead of 9, still word-disjoint), to see how the
-objective's validity depends on how many classes a block holds; `--json` keeps every job's metrics. This measures the
+spaced ranks of their objective (the best first), each with the sweep's own settings. `--block 2x2`
+keeps 2 colours x 2 shapes of every block (4 classes instead of 9, still word-disjoint; `2x3`: 6), to see
+how the objective's validity depends on how many classes a block holds; `--json` keeps every job's
+metrics. This measures the
 instrument and reads the true new classes' test images by design: never use it to choose a configuration.
 """
 
@@ -41,22 +42,26 @@ SMOKE = {"datasets": ("synthetic_blurry",), "draws": ("AB", "CD"), "seeds": (1,)
          "config": {"epochs": 2, "shots": 4, "n_views": 2}}
 
 
-def block_order(draw: str, side: int = BLOCK_SIZE) -> list[int]:
+FULL_BLOCK = (BLOCK_SIZE, BLOCK_SIZE)  # colours x shapes of a block
+
+
+def block_order(draw: str, block: tuple[int, int] = FULL_BLOCK) -> list[int]:
     """Labels of the committed layout in the order that makes `draw`'s two blocks base (first, in the
-    order named, so fold 0's pseudo-base is the first letter) and the other two new. With `side` below
-    BLOCK_SIZE, each block keeps only its first `side` colours x first `side` shapes (a block's labels are
-    colour-major), a world of smaller blocks with the same properties."""
+    order named, so fold 0's pseudo-base is the first letter) and the other two new. With `block` =
+    (colours, shapes) smaller than the layout's, each block keeps only its first colours x first shapes (a
+    block's labels are colour-major): a world of smaller blocks with the same properties."""
     blocks = list(draw) + [b for b in LETTERS if b not in draw]
+    colours, shapes = block
     return [LETTERS.index(b) * CLASSES_PER_BLOCK + colour * BLOCK_SIZE + shape
-            for b in blocks for colour in range(side) for shape in range(side)]
+            for b in blocks for colour in range(colours) for shape in range(shapes)]
 
 
-def relabel_for(draw: str, side: int = BLOCK_SIZE):
+def relabel_for(draw: str, block: tuple[int, int] = FULL_BLOCK):
     """The `Experiment(relabel=...)` function of a draw; a dataset of another size is one sentence."""
     from dualprompt.data.errors import DataError
     from dualprompt.data.sampling import restrict_to_labels
 
-    order = block_order(draw, side)
+    order = block_order(draw, block)
     expected = BLOCKS * CLASSES_PER_BLOCK
 
     def relabel(splits):
@@ -82,9 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", help="feature cache (default $DUALPROMPT_CACHE_DIR or "
                         "~/.cache/dualprompt/features)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--block-side", type=int, default=BLOCK_SIZE,
-                        help=f"keep N colours x N shapes of each block (2 to {BLOCK_SIZE}; default {BLOCK_SIZE}, the "
-                        "whole block): smaller blocks, to see how validity depends on a block's classes")
+    parser.add_argument("--block", default=f"{BLOCK_SIZE}x{BLOCK_SIZE}",
+                        help=f"COLOURSxSHAPES of each block to keep, 2 to {BLOCK_SIZE} each (default "
+                        f"{BLOCK_SIZE}x{BLOCK_SIZE}, the whole block): smaller blocks, to see how validity depends "
+                        "on a block's classes")
     parser.add_argument("--json", help="also write every job's metrics (draw, configuration, dataset, seed, stage, "
                         "fold) to this file, rewritten after each draw")
     parser.add_argument("--smoke", action="store_true", help="the offline defaults and two other configurations, "
@@ -106,9 +112,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [n for n in args.datasets if n not in BASE_TO_NEW_DATASETS]
     if unknown:
         parser.error(f"--datasets: {unknown[0]} has no class blocks; use some of {', '.join(BASE_TO_NEW_DATASETS)}.")
-    if not 2 <= args.block_side <= BLOCK_SIZE:
-        parser.error(f"--block-side: {args.block_side} is not between 2 and {BLOCK_SIZE}; a block needs two colours "
-                     "and two shapes so that no single word names a class.")
+    sides = args.block.lower().split("x")
+    if len(sides) != 2 or not all(side.isdigit() and 2 <= int(side) <= BLOCK_SIZE for side in sides):
+        parser.error(f"--block: {args.block!r} is not COLOURSxSHAPES with each between 2 and {BLOCK_SIZE} (e.g. "
+                     "2x3); a block needs two colours and two shapes so that no single word names a class.")
+    args.block = (int(sides[0]), int(sides[1]))
     if args.configs < 1 or args.seeds < 1 or args.threads < 1:
         parser.error("--configs, --seeds and --threads must be at least 1.")
     return args
@@ -211,14 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     except DualpromptError as error:
         print(f"python -m dualprompt.world.draws: error: {error}", file=sys.stderr)
         return 2
-    side = "" if args.block_side == BLOCK_SIZE else f", blocks cut to {args.block_side} x {args.block_side} classes"
+    side = "" if args.block == FULL_BLOCK else f", blocks cut to {args.block[0]} colours x {args.block[1]} shapes"
     print(f"Class draws {','.join(draws)} (base blocks; AB is the committed world{side}) x {len(configs)} "
           f"configurations ({', '.join(configs)}) x seeds {','.join(map(str, seeds))} x {len(datasets)} datasets",
           flush=True)
     backbone = load_backbone(Config.from_flat({**configs["defaults"], **overrides}).backbone)
     summaries, jobs, start = {}, [], time.perf_counter()
     for draw in draws:
-        experiment = Experiment(backbone, relabel_for(draw, args.block_side))
+        experiment = Experiment(backbone, relabel_for(draw, args.block))
         table, draw_jobs = run_draw(experiment, configs, datasets, seeds, overrides)
         summaries[draw] = draw_summary(table)
         jobs += [{"draw": draw, **job} for job in draw_jobs]
