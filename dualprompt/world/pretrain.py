@@ -194,15 +194,21 @@ def classes_digest() -> str:
     return hashlib.sha256(json.dumps(names).encode()).hexdigest()
 
 
+def zero_shot_record(checkpoint: Path, data_root: Path | None) -> dict:
+    """The provenance fields of the zero-shot measurement: the accuracies (`measure_zero_shot`, datasets
+    materialised in `data_root` or a temporary folder) and the digest of the classes they were measured on."""
+    with tempfile.TemporaryDirectory() as scratch:
+        accuracies = measure_zero_shot(checkpoint, data_root or Path(scratch))
+    return {"zero_shot_accuracy_percent": accuracies, "zero_shot_classes_digest": classes_digest()}
+
+
 def rescore(args: argparse.Namespace) -> None:
     """Re-measure the zero-shot accuracies of the checkpoint at --out on this version's datasets (after a
     change of their classes, not of the model) and rewrite them into its provenance, which keeps its
     training record and says which command re-measured them."""
     record_path = provenance_path(args.out)
     record = json.loads(record_path.read_text())
-    with tempfile.TemporaryDirectory() as scratch:
-        record["zero_shot_accuracy_percent"] = measure_zero_shot(args.out, args.data_root or Path(scratch))
-    record["zero_shot_classes_digest"] = classes_digest()
+    record.update(zero_shot_record(args.out, args.data_root))
     record["zero_shot_rescored_by"] = "python -m dualprompt.world.pretrain --rescore"
     write_atomically(record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
     print(json.dumps(record["zero_shot_accuracy_percent"], indent=2))
@@ -291,8 +297,7 @@ def main() -> None:
     wall_s = time.perf_counter() - start
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     write_atomically(args.out, lambda tmp: save_file(state, str(tmp)))
-    with tempfile.TemporaryDirectory() as scratch:
-        zero_shot = measure_zero_shot(args.out, args.data_root or Path(scratch))
+    zero_shot = zero_shot_record(args.out, args.data_root)
     record = {
         "model": TINY_MODEL_NAME,
         "command": command_line(args),
@@ -312,8 +317,7 @@ def main() -> None:
         "python_version": platform.python_version(),
         "generator_version": GENERATOR_VERSION,
         "n_parameters": sum(p.numel() for p in model.parameters()),
-        "zero_shot_accuracy_percent": zero_shot,
-        "zero_shot_classes_digest": classes_digest(),
+        **zero_shot,
     }
     write_atomically(provenance_path(args.out), lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
     print(json.dumps(record, indent=2))
