@@ -32,7 +32,9 @@ from .tables import (
     check_comparable,
     few_shot_summary,
     final_objective,
+    noise_ceiling,
     objective_validity,
+    reliability,
     search_trials,
     searched_params,
     spearman,
@@ -224,8 +226,23 @@ def _validity(rows: pd.DataFrame, out: Path, protocol) -> list[str]:
     return [f"**Did the objective predict the final result?** The final stage re-trained {len(table)} searched "
             f"configurations on the final protocol; Spearman rank correlation between their search objective and "
             f"their final {what}: **{rho:.2f}** (n = {len(table)}{interval}).", "",
-            frame_markdown(shown.drop(columns=["search_trial_id"])), "",
+            *_ceiling_words(table, rows), frame_markdown(shown.drop(columns=["search_trial_id"])), "",
             "![objective vs final](objective_validity.png)", ""]
+
+
+def _ceiling_words(table: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
+    """How high that correlation could be, given the noise of the objective and of the final numbers."""
+    n_seeds = rows.loc[rows["stage"] == "final", "seed"].nunique()
+    rel_objective = reliability(table["objective"], float((table["objective_se"] ** 2).mean()))
+    rel_final = reliability(table["final"], float((table["final_std"] ** 2).mean()) / max(n_seeds, 1))
+    if math.isnan(rel_objective) or math.isnan(rel_final):
+        return []
+    return [f"Noise ceiling: the objectives' binomial SE leaves {rel_objective:.0%} of their spread over these "
+            f"configurations to real differences, the final numbers' seed spread ({n_seeds} seeds) leaves "
+            f"{rel_final:.0%} of theirs, so even a perfect predictor would show a correlation of at most about "
+            f"**{noise_ceiling(rel_objective, rel_final):.2f}** here (training noise, not in the binomial SE, "
+            "would lower it further). Far below it, the objective ranks differently; near it, more seeds or "
+            "more distinct configurations are what would show more.", ""]
 
 
 def param_importance(trials: pd.DataFrame, params: list[str], bounds: dict) -> tuple[dict[str, float], str]:

@@ -250,6 +250,25 @@ def spearman_interval(rho: float, n: int, z_score: float = 1.96) -> tuple[float,
     return math.tanh(math.atanh(rho) - half_width), math.tanh(math.atanh(rho) + half_width)
 
 
+def reliability(means: pd.Series, noise_variance: float) -> float:
+    """Share of the spread of `means` (one value per configuration) that is not noise:
+    1 - noise_variance / var(means), clipped to [0, 1]. `noise_variance` is the variance one mean would have
+    from noise alone (its SE squared, or the seed variance divided by the seeds averaged). NaN with fewer
+    than 3 configurations or no spread."""
+    values = pd.Series(means, dtype="float64").dropna()
+    spread = values.var(ddof=1) if len(values) >= 3 else math.nan
+    if math.isnan(spread) or spread == 0 or math.isnan(noise_variance):
+        return math.nan
+    return min(1.0, max(0.0, 1.0 - noise_variance / spread))
+
+
+def noise_ceiling(reliability_x: float, reliability_y: float) -> float:
+    """The correlation two noisy measures of the same configurations would show if their true values agreed
+    perfectly: sqrt(rel_x * rel_y) (Spearman's attenuation, exact for Pearson's correlation, close for
+    rank correlations). A measured correlation near it is as high as the noise allows."""
+    return math.sqrt(reliability_x * reliability_y)
+
+
 def objective_validity(rows: pd.DataFrame) -> pd.DataFrame:
     """For each final variant that came from a search trial (best, defaults, top-K): its search objective and
     SE next to its final headline number; `spearman(table.objective, table.final)` measures the prediction."""

@@ -9,16 +9,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from dualprompt.config import Config
+from dualprompt.report import _ceiling_words
 from dualprompt.results import ResultRow, load_results, rows_to_table, write_rows
 from dualprompt.tables import (
     TablesError,
     best_search_trials,
     few_shot_summary,
+    noise_ceiling,
     objective_validity,
+    reliability,
     search_trials,
     spearman,
     spearman_interval,
@@ -116,6 +120,11 @@ def test_objective_validity_pairs_each_searched_variant_with_its_trial():
     assert table.loc["best", "objective"] == pytest.approx(53.0)
     assert table.loc["best", "final"] == pytest.approx(hm(81.5, 60.0))
     assert spearman(table["objective"], table["final"]) == pytest.approx(0.8)  # ranks 4,3,2,1 vs 4,3,1,2
+    # Each objective has a binomial SE of 4 (variance 16) and the four objectives spread by var 1.67: the
+    # noise alone covers that spread, so no correlation could show here, whatever 0.8 says.
+    assert table["objective_se"].tolist() == [4.0] * 4
+    words = " ".join(_ceiling_words(table, frame(rows)))
+    assert "leaves 0% of their spread" in words and "at most about **0.00**" in words and "(2 seeds)" in words
 
 
 def test_spearman_interval_is_fisher_z_with_bonett_wright_variance():
@@ -124,6 +133,15 @@ def test_spearman_interval_is_fisher_z_with_bonett_wright_variance():
     low, high = spearman_interval(0.0, 6)
     assert low == pytest.approx(-high) and high == pytest.approx(0.8116, abs=1e-4)
     assert all(math.isnan(v) for v in (*spearman_interval(0.5, 3), *spearman_interval(1.0, 8)))
+
+
+def test_reliability_and_noise_ceiling_by_hand():
+    # Means 1, 2, 3 (variance 1) with noise variance 0.25: 75% of the spread is real; sqrt(0.75 x 0.48) = 0.6.
+    assert reliability(pd.Series([1.0, 2.0, 3.0]), 0.25) == pytest.approx(0.75)
+    assert noise_ceiling(0.75, 0.48) == pytest.approx(0.6)
+    assert reliability(pd.Series([1.0, 2.0, 3.0]), 4.0) == 0.0  # all of the spread is noise: clipped, not < 0
+    assert math.isnan(reliability(pd.Series([1.0, 2.0]), 0.1))  # too few configurations
+    assert math.isnan(reliability(pd.Series([2.0, 2.0, 2.0]), 0.1))  # no spread
 
 
 def test_transfer_and_few_shot_tables():

@@ -118,6 +118,23 @@ def test_bad_arguments_are_one_sentence_before_any_work(capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+def test_draw_reliability_by_hand():
+    # Three configurations x two seeds, one dataset: objective (mean of two folds) 50/52, 54/56, 58/60 ->
+    # means 51, 55, 59 (variance 16), seed variance 2 each -> noise 2 / 2 = 1, reliability 1 - 1/16.
+    jobs = []
+    for i, variant in enumerate(("defaults", "rank 1", "rank 2")):
+        for seed, shift in ((1, 0.0), (2, 2.0)):
+            jobs += [{"variant": variant, "dataset": "d", "seed": seed, "stage": "search", "fold": f,
+                      "hm_val": 50.0 + 4 * i + shift} for f in (0, 1)]
+            # The final HM equals base = new = 60 + 4i + shift: the same spread and seed noise.
+            jobs.append({"variant": variant, "dataset": "d", "seed": seed, "stage": "final",
+                         "acc_test_base": 60.0 + 4 * i + shift, "acc_test_new": 60.0 + 4 * i + shift})
+    out = draws.draw_reliability(jobs)
+    assert out["reliability_objective"] == pytest.approx(15 / 16)
+    assert out["reliability_final"] == pytest.approx(15 / 16)
+    assert out["noise_ceiling"] == pytest.approx(15 / 16)
+
+
 def test_draws_smoke_prints_each_draw_and_the_summary_over_draws(isolated_dirs):
     jobs_file = isolated_dirs / "out" / "draws.json"
     result = subprocess.run(
@@ -133,6 +150,7 @@ def test_draws_smoke_prints_each_draw_and_the_summary_over_draws(isolated_dirs):
         summary = next(line for line in out.splitlines() if line.strip().startswith(key))
         assert "AB " in summary and "CD " in summary
     assert out.count("95% interval of Spearman(objective, final HM) over 3 configurations") == 2
+    assert "noise_ceiling" in out  # NaN with the smoke's one seed; draw_reliability is tested by hand
     # Every job is in the JSON: 2 draws x 3 configurations x 1 seed x 1 dataset x (2 search folds + 1 final).
     rows = pd.DataFrame(json.loads(jobs_file.read_text())["rows"])
     assert len(rows) == 18 and set(rows["draw"]) == {"AB", "CD"}

@@ -10,8 +10,10 @@ base blocks: AB is the world as committed) are six class draws of the same world
 the same few-shot sample, each keeping the property that base and new share no word. For every draw and
 configuration this runs the search stage's jobs (both folds) and the final stage's jobs through the
 project's own runner, and prints per draw the objective next to the final Average base/new/HM,
-Spearman(objective, final HM), Spearman(pseudo-new, final new) and what the search bought (final HM of the
-configuration with the highest objective minus the defaults'); then each over draws (mean ± std).
+Spearman(objective, final HM), Spearman(pseudo-new, final new), what the search bought (final HM of the
+configuration with the highest objective minus the defaults') and, with two or more seeds, the noise
+ceiling: the highest Spearman the two measures' seed noise would let a perfect objective show; then each
+over draws (mean ± std).
 
 Configurations: the sweep's dual-view defaults and `--configs` of its complete search trials at evenly
 spaced ranks of their objective (the best first), each with the sweep's own settings. `--block 2x2`
@@ -192,6 +194,26 @@ def draw_summary(table: pd.DataFrame) -> dict[str, float]:
             "best_minus_defaults_final_hm": best["final_hm"] - defaults["final_hm"]}
 
 
+def draw_reliability(jobs: list[dict]) -> dict[str, float]:
+    """How much of the configurations' spread in the objective and in the final HM is more than seed noise
+    (`tables.reliability`, the noise being each configuration's variance over seeds divided by the seeds),
+    and the highest Spearman(objective, final HM) that noise allows (`tables.noise_ceiling`). NaN with one
+    seed."""
+    from dualprompt.tables import noise_ceiling, per_seed_average, reliability
+
+    frame = pd.DataFrame(jobs)
+    per_seed = {  # [configuration, seed]
+        "objective": frame[frame["stage"] == "search"].groupby(["variant", "seed"])["hm_val"].mean().unstack(),
+        "final": per_seed_average(frame[frame["stage"] == "final"]).set_index(["variant", "seed"])["hm"].unstack(),
+    }
+    out = {}
+    for name, table in per_seed.items():
+        noise = table.var(axis=1, ddof=1).mean() / table.shape[1] if table.shape[1] > 1 else float("nan")
+        out[f"reliability_{name}"] = reliability(table.mean(axis=1), noise)
+    out["noise_ceiling"] = noise_ceiling(out["reliability_objective"], out["reliability_final"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -228,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     for draw in draws:
         experiment = Experiment(backbone, relabel_for(draw, args.block))
         table, draw_jobs = run_draw(experiment, configs, datasets, seeds, overrides)
-        summaries[draw] = draw_summary(table)
+        summaries[draw] = {**draw_summary(table), **draw_reliability(draw_jobs)}
         jobs += [{"draw": draw, **job} for job in draw_jobs]
         if args.json:  # after every draw, so an interrupted run keeps the draws it finished
             record = {"configs": configs, "datasets": datasets, "seeds": seeds, "rows": jobs}
