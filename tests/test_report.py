@@ -125,6 +125,8 @@ def test_objective_validity_pairs_each_searched_variant_with_its_trial():
     assert table["objective_se"].tolist() == [4.0] * 4
     words = " ".join(_ceiling_words(table, frame(rows)))
     assert "leaves 0% of their spread" in words and "at most about **0.00**" in words and "(2 seeds)" in words
+    # Rows without an SE (pandas' nullable NA in the column): no ceiling line, no error.
+    assert _ceiling_words(table.assign(objective_se=pd.array([None] * 4, dtype="Float64")), frame(rows)) == []
 
 
 def test_spearman_interval_is_fisher_z_with_bonett_wright_variance():
