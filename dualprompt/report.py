@@ -233,10 +233,8 @@ def _validity(rows: pd.DataFrame, out: Path, protocol) -> list[str]:
 def _ceiling_words(table: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
     """How high that correlation could be, given the noise of the objective and of the final numbers."""
     n_seeds = rows.loc[rows["stage"] == "final", "seed"].nunique()
-    # float64: a column that is all missing (no SE recorded) may come as pandas' nullable NA, not NaN.
-    se, seed_std = (table[c].astype("float64") for c in ("objective_se", "final_std"))
-    rel_objective = reliability(table["objective"], float((se**2).mean()))
-    rel_final = reliability(table["final"], float((seed_std**2).mean()) / max(n_seeds, 1))
+    rel_objective = reliability(table["objective"], (table["objective_se"] ** 2).mean())
+    rel_final = reliability(table["final"], (table["final_std"] ** 2).mean() / max(n_seeds, 1))
     if math.isnan(rel_objective) or math.isnan(rel_final):
         return []
     return [f"Noise ceiling: the objectives' binomial SE leaves {rel_objective:.0%} of their spread over these "

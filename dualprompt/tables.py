@@ -254,12 +254,13 @@ def reliability(means: pd.Series, noise_variance: float) -> float:
     """Share of the spread of `means` (one value per configuration) that is not noise:
     1 - noise_variance / var(means), clipped to [0, 1]. `noise_variance` is the variance one mean would have
     from noise alone (its SE squared, or the seed variance divided by the seeds averaged). NaN with fewer
-    than 3 configurations or no spread."""
+    than 3 configurations, no spread or a missing noise variance (NaN or pandas' NA: a sweep whose rows
+    record no SE)."""
     values = pd.Series(means, dtype="float64").dropna()
     spread = values.var(ddof=1) if len(values) >= 3 else math.nan
-    if math.isnan(spread) or spread == 0 or math.isnan(noise_variance):
+    if math.isnan(spread) or spread == 0 or pd.isna(noise_variance):
         return math.nan
-    return min(1.0, max(0.0, 1.0 - noise_variance / spread))
+    return min(1.0, max(0.0, 1.0 - float(noise_variance) / spread))
 
 
 def noise_ceiling(reliability_x: float, reliability_y: float) -> float:
