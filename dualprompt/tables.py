@@ -257,10 +257,15 @@ def reliability(means: pd.Series, noise_variance: float) -> float:
     than 3 configurations, no spread or a missing noise variance (NaN or pandas' NA: a sweep whose rows
     record no SE)."""
     values = pd.Series(means, dtype="float64").dropna()
-    spread = values.var(ddof=1) if len(values) >= 3 else math.nan
-    if math.isnan(spread) or spread == 0 or pd.isna(noise_variance):
+    return share_beyond_noise(values.var(ddof=1) if len(values) >= 3 else math.nan, noise_variance)
+
+
+def share_beyond_noise(spread: float, noise_variance: float) -> float:
+    """1 - noise_variance / spread, clipped to [0, 1]: `reliability` once the spread (a variance over
+    configurations) is known, e.g. averaged over several class draws. NaN without spread or noise."""
+    if pd.isna(spread) or spread == 0 or pd.isna(noise_variance):
         return math.nan
-    return min(1.0, max(0.0, 1.0 - float(noise_variance) / spread))
+    return min(1.0, max(0.0, 1.0 - float(noise_variance) / float(spread)))
 
 
 def noise_ceiling(reliability_x: float, reliability_y: float) -> float:

@@ -15,6 +15,7 @@ from dualprompt.data.errors import DataError
 from dualprompt.data.sampling import pseudo_split, subsample_classes
 from dualprompt.data.synthetic import BASE_TO_NEW_DATASETS, DATASETS
 from dualprompt.data.types import DatasetSplits
+from dualprompt.errors import DualpromptError
 from dualprompt.experiment import Experiment
 from dualprompt.tables import best_search_trials
 from dualprompt.world import draws
@@ -110,6 +111,8 @@ def test_configurations_come_from_the_sweep_at_evenly_spaced_objective_ranks():
     (["--smoke", "--datasets", "synthetic_source"], "--datasets: synthetic_source has no class blocks"),
     (["--smoke", "--block", "1x3"], "--block: '1x3' is not COLOURSxSHAPES with each between 2 and 3"),
     (["--smoke", "--block", "3"], "--block: '3' is not COLOURSxSHAPES"),
+    (["--smoke", "--from-json", "x.json"], "--from-json: it re-reads finished runs; drop --sweep and --smoke"),
+    (["--from-json", "no/such.json"], "--from-json: no/such.json is not a file"),
 ])
 def test_bad_arguments_are_one_sentence_before_any_work(capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -118,21 +121,78 @@ def test_bad_arguments_are_one_sentence_before_any_work(capsys, args, message):
     assert message in capsys.readouterr().err
 
 
-def test_draw_reliability_by_hand():
-    # Three configurations x two seeds, one dataset: objective (mean of two folds) 50/52, 54/56, 58/60 ->
-    # means 51, 55, 59 (variance 16), seed variance 2 each -> noise 2 / 2 = 1, reliability 1 - 1/16.
+def _hand_jobs(step: float) -> list[dict]:
+    """Three configurations x two seeds, one dataset: objective (mean of two folds) 50 + step * i, and 2 more
+    with seed 2 -> the configurations' means have variance step^2, the seed variance is 2 each, so the noise
+    of a mean is 2 / 2 = 1. The final HM (base = new) has the same spread and noise, 10 points higher."""
     jobs = []
     for i, variant in enumerate(("defaults", "rank 1", "rank 2")):
         for seed, shift in ((1, 0.0), (2, 2.0)):
             jobs += [{"variant": variant, "dataset": "d", "seed": seed, "stage": "search", "fold": f,
-                      "hm_val": 50.0 + 4 * i + shift} for f in (0, 1)]
-            # The final HM equals base = new = 60 + 4i + shift: the same spread and seed noise.
+                      "acc_val_pseudobase": 70.0, "acc_val_pseudonew": 40.0, "hm_val": 50.0 + step * i + shift}
+                     for f in (0, 1)]
             jobs.append({"variant": variant, "dataset": "d", "seed": seed, "stage": "final",
-                         "acc_test_base": 60.0 + 4 * i + shift, "acc_test_new": 60.0 + 4 * i + shift})
-    out = draws.draw_reliability(jobs)
+                         "acc_test_base": 60.0 + step * i + shift, "acc_test_new": 60.0 + step * i + shift})
+    return jobs
+
+
+def test_draw_reliability_by_hand():
+    out = draws.draw_reliability(_hand_jobs(step=4.0))  # spread 16, noise 1
     assert out["reliability_objective"] == pytest.approx(15 / 16)
     assert out["reliability_final"] == pytest.approx(15 / 16)
     assert out["noise_ceiling"] == pytest.approx(15 / 16)
+
+
+def test_pooled_reliability_averages_spread_and_noise_before_dividing():
+    # Spreads 16 and 4, noise 1 in both: pooled 1 - 1 / 10, not the mean of 15/16 and 3/4.
+    out = draws.pooled_reliability({"AB": _hand_jobs(step=4.0), "CD": _hand_jobs(step=2.0)})
+    assert out["reliability_objective"] == pytest.approx(0.9)
+    assert out["noise_ceiling"] == pytest.approx(0.9)
+
+
+def _write_draws(path: Path, jobs_by_draw: dict[str, list[dict]], seeds=(1, 2)) -> str:
+    rows = [{"draw": draw, **job} for draw, jobs in jobs_by_draw.items() for job in jobs]
+    record = {"configs": {"defaults": {"n_ctx": 4}}, "datasets": ["d"], "seeds": list(seeds), "rows": rows}
+    path.write_text(json.dumps(record))
+    return str(path)
+
+
+def test_from_json_summarises_draws_from_several_files_without_training(tmp_path):
+    first = _write_draws(tmp_path / "ab.json", {"AB": _hand_jobs(step=4.0)})
+    second = _write_draws(tmp_path / "cd.json", {"CD": _hand_jobs(step=2.0)})
+    result = subprocess.run([sys.executable, "-m", "dualprompt.world.draws", "--from-json", second, first],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert out.index("Draw AB (base = blocks A + B)") < out.index("Draw CD (base = blocks C + D)")
+    assert "Over 2 draws (mean ± std)" in out
+    # Both draws rank the three configurations alike on both measures: Spearman 1 in each.
+    summary = next(line for line in out.splitlines() if line.strip().startswith("spearman_objective_final_hm"))
+    assert "+1.00 ± 0.00" in summary and "AB +1.00" in summary and "CD +1.00" in summary
+    assert "noise_ceiling 0.90" in out.splitlines()[-1]
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("duplicate", "draw AB is in both"),
+    ("other seeds", "ran different configurations, datasets or seeds"),
+    ("not json", "is not a file that `world.draws --json` wrote"),
+    ("missing draw", "--draws: BC is in none of the --from-json files"),
+])
+def test_from_json_bad_files_are_one_sentence(tmp_path, setup, message):
+    paths = [_write_draws(tmp_path / "a.json", {"AB": _hand_jobs(step=4.0)})]
+    wanted = None
+    if setup == "duplicate":
+        paths.append(_write_draws(tmp_path / "b.json", {"AB": _hand_jobs(step=2.0)}))
+    elif setup == "other seeds":
+        paths.append(_write_draws(tmp_path / "b.json", {"CD": _hand_jobs(step=2.0)}, seeds=(1, 2, 3)))
+    elif setup == "not json":
+        (tmp_path / "b.json").write_text("rows: none")
+        paths.append(str(tmp_path / "b.json"))
+    else:
+        wanted = ("AB", "BC")
+    with pytest.raises(DualpromptError, match="--") as error:
+        draws.read_jobs(paths, wanted)
+    assert message in str(error.value)
 
 
 def test_draws_smoke_prints_each_draw_and_the_summary_over_draws(isolated_dirs):
@@ -159,3 +219,15 @@ def test_draws_smoke_prints_each_draw_and_the_summary_over_draws(isolated_dirs):
     assert rows.groupby(["draw", "variant", "stage"]).size().to_dict() == expected
     assert rows.loc[rows["stage"] == "search", "hm_val"].notna().all()
     assert rows.loc[rows["stage"] == "final", "acc_test_new"].notna().all()
+    # Re-read from that file, every draw's table and summary line is the one the run printed.
+    again = subprocess.run([sys.executable, "-m", "dualprompt.world.draws", "--from-json", str(jobs_file)],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for draw in ("AB", "CD"):  # the table's header, rule and 3 configurations, then 2 summary lines
+        assert _draw_lines(again.stdout, draw) == _draw_lines(out, draw) and len(_draw_lines(out, draw)) == 7
+
+
+def _draw_lines(out: str, draw: str) -> list[str]:
+    """A draw's table and summary lines, without the header that says how long the run had taken."""
+    block = out.split(f"Draw {draw} (", 1)[1].split("\nDraw ", 1)[0].split("\nOver ", 1)[0]
+    return [line for line in block.splitlines() if line.startswith(("|", f"  draw {draw}"))]

@@ -2,6 +2,7 @@
 
     python -m dualprompt.world.draws --sweep results/base2new/example --configs 6 --seeds 2
     python -m dualprompt.world.draws --smoke             # 1 dataset, 2 draws, 2 epochs, 4 shots: seconds
+    python -m dualprompt.world.draws --from-json results/world/draws-9class-5seeds-*.json   # re-read, no training
 
 Every base-to-new dataset of the offline world has four word-disjoint blocks of 9 classes, A B C D in label
 order (`dualprompt.world.vocab`); the protocol makes A+B the base classes (pseudo-base A, pseudo-new B, and
@@ -19,7 +20,8 @@ Configurations: the sweep's dual-view defaults and `--configs` of its complete s
 spaced ranks of their objective (the best first), each with the sweep's own settings. `--block 2x2`
 keeps 2 colours x 2 shapes of every block (4 classes instead of 9, still word-disjoint; `2x3`: 6), to see
 how the objective's validity depends on how many classes a block holds; `--json` keeps every job's
-metrics. This measures the
+metrics, and `--from-json` prints the same tables and summary from one or more such files (draws run in
+separate processes, summarised together) without training anything. This measures the
 instrument and reads the true new classes' test images by design: never use it to choose a configuration.
 """
 
@@ -83,7 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--configs", type=int, default=6, help="searched configurations, at evenly spaced "
                         "objective ranks, besides the defaults (default 6)")
     parser.add_argument("--seeds", type=int, default=2, help="few-shot seeds 1..N (default 2)")
-    parser.add_argument("--draws", default=",".join(DRAWS), help=f"comma-separated draws (default {','.join(DRAWS)})")
+    parser.add_argument("--draws", help=f"comma-separated draws (default {','.join(DRAWS)}; with --from-json, every "
+                        "draw the files hold)")
     parser.add_argument("--datasets", help="comma-separated datasets (default: BASE_TO_NEW_DATASETS)")
     parser.add_argument("--data-root", help="data root (default $DUALPROMPT_DATA_ROOT or ~/.cache/dualprompt/data)")
     parser.add_argument("--cache-dir", help="feature cache (default $DUALPROMPT_CACHE_DIR or "
@@ -95,17 +98,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "on a block's classes")
     parser.add_argument("--json", help="also write every job's metrics (draw, configuration, dataset, seed, stage, "
                         "fold) to this file, rewritten after each draw")
+    parser.add_argument("--from-json", nargs="+", metavar="FILE", help="summarise the jobs that earlier runs' --json "
+                        "wrote (one or more files, each draw in one of them) instead of running any")
     parser.add_argument("--smoke", action="store_true", help="the offline defaults and two other configurations, "
                         "1 dataset, 2 draws, 1 seed, 2 epochs, 4 shots")
     args = parser.parse_args(argv)
-    args.draws = tuple(d.strip() for d in args.draws.split(",") if d.strip())
-    bad = [d for d in args.draws if d not in DRAWS]
+    args.draws = tuple(d.strip() for d in (args.draws or "").split(",") if d.strip()) or None
+    bad = [d for d in args.draws or () if d not in DRAWS]
     if bad:
         parser.error(f"--draws: {bad[0]!r} is not a draw; use two of the blocks {LETTERS} in order, e.g. "
                      f"{','.join(DRAWS)}.")
+    if args.from_json:
+        if args.sweep or args.smoke:
+            parser.error("--from-json: it re-reads finished runs; drop --sweep and --smoke, which start new ones.")
+        missing = [path for path in args.from_json if not Path(path).is_file()]
+        if missing:
+            parser.error(f"--from-json: {missing[0]} is not a file; pass files that `--json` wrote.")
+        return args
+    args.draws = args.draws or DRAWS
     if not args.smoke and not args.sweep:
         parser.error("--sweep: name a finished base-to-new sweep's folder (e.g. results/base2new/example), "
-                     "or pass --smoke.")
+                     "or pass --smoke or --from-json.")
     if args.sweep and not Path(args.sweep).is_dir():
         parser.error(f"--sweep: {args.sweep} is not a folder; pass a sweep's results folder.")
     from dualprompt.data.synthetic import BASE_TO_NEW_DATASETS
@@ -156,28 +169,36 @@ def sweep_configs(folder: str, n: int) -> dict[str, dict]:
     return configs
 
 
-def run_draw(experiment, configs: dict[str, dict], datasets: tuple[str, ...], seeds: tuple[int, ...],
-             overrides: dict) -> tuple[pd.DataFrame, list[dict]]:
-    """One row per configuration: objective (mean HM over its search jobs), pseudo-base, pseudo-new, and
-    the final Average base/new/HM (`tables.per_seed_average`, the sweep report's Average, then the mean
-    over seeds); and every job's metrics, one dict each (stage, fold, configuration, dataset, seed)."""
+def run_jobs(experiment, configs: dict[str, dict], datasets: tuple[str, ...], seeds: tuple[int, ...],
+             overrides: dict) -> list[dict]:
+    """Every job of one draw: the search stage's (both folds) and the final stage's, one dict of metrics each
+    (stage, fold, configuration as `variant`, dataset, seed)."""
     from dualprompt.config import Config
-    from dualprompt.tables import per_seed_average
 
-    search, final = [], []
+    jobs = []
     for name, fields in configs.items():
         for seed in seeds:
             for dataset in datasets:
                 cfg = Config.from_flat({**fields, **overrides, "dataset": dataset, "seed": seed})
                 job = {"variant": name, "dataset": dataset, "seed": seed}
-                search += [{**job, "stage": "search", "fold": f, **experiment.run(cfg, "search", fold=f).metrics}
-                           for f in range(N_FOLDS)]
-                final.append({**job, "stage": "final", **experiment.run(cfg, "final").metrics})
-    parts = pd.DataFrame(search).groupby("variant", sort=False).agg(
+                jobs += [{**job, "stage": "search", "fold": f, **experiment.run(cfg, "search", fold=f).metrics}
+                         for f in range(N_FOLDS)]
+                jobs.append({**job, "stage": "final", **experiment.run(cfg, "final").metrics})
+    return jobs
+
+
+def draw_table(jobs: list[dict]) -> pd.DataFrame:
+    """One row per configuration (in the jobs' order): objective (mean HM over its search jobs), pseudo-base,
+    pseudo-new, and the final Average base/new/HM (`tables.per_seed_average`, the sweep report's Average,
+    then the mean over seeds)."""
+    from dualprompt.tables import per_seed_average
+
+    frame = pd.DataFrame(jobs)
+    parts = frame[frame["stage"] == "search"].groupby("variant", sort=False).agg(
         objective=("hm_val", "mean"), pseudo_base=("acc_val_pseudobase", "mean"),
         pseudo_new=("acc_val_pseudonew", "mean"))
-    average = per_seed_average(pd.DataFrame(final)).groupby("variant")[["base", "new", "hm"]].mean()
-    return parts.join(average.add_prefix("final_")).rename_axis("config").reset_index(), search + final
+    average = per_seed_average(frame[frame["stage"] == "final"]).groupby("variant")[["base", "new", "hm"]].mean()
+    return parts.join(average.add_prefix("final_")).rename_axis("config").reset_index()
 
 
 def draw_summary(table: pd.DataFrame) -> dict[str, float]:
@@ -194,12 +215,11 @@ def draw_summary(table: pd.DataFrame) -> dict[str, float]:
             "best_minus_defaults_final_hm": best["final_hm"] - defaults["final_hm"]}
 
 
-def draw_reliability(jobs: list[dict]) -> dict[str, float]:
-    """How much of the configurations' spread in the objective and in the final HM is more than seed noise
-    (`tables.reliability`, the noise being each configuration's variance over seeds divided by the seeds),
-    and the highest Spearman(objective, final HM) that noise allows (`tables.noise_ceiling`). NaN with one
-    seed."""
-    from dualprompt.tables import noise_ceiling, per_seed_average, reliability
+def spread_and_noise(jobs: list[dict]) -> dict[str, tuple[float, float]]:
+    """For the objective and the final HM: (variance of the configurations' means over seeds, the variance
+    one such mean has from seed noise alone: each configuration's variance over seeds divided by the seeds,
+    averaged). The noise is NaN with one seed."""
+    from dualprompt.tables import per_seed_average
 
     frame = pd.DataFrame(jobs)
     per_seed = {  # [configuration, seed]
@@ -209,9 +229,106 @@ def draw_reliability(jobs: list[dict]) -> dict[str, float]:
     out = {}
     for name, table in per_seed.items():
         noise = table.var(axis=1, ddof=1).mean() / table.shape[1] if table.shape[1] > 1 else float("nan")
-        out[f"reliability_{name}"] = reliability(table.mean(axis=1), noise)
+        means = table.mean(axis=1)
+        out[name] = (means.var(ddof=1) if len(means) >= 3 else float("nan"), noise)
+    return out
+
+
+def ceiling_from(parts: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Each measure's reliability (`tables.share_beyond_noise`) and the highest Spearman(objective, final
+    HM) that their noise allows (`tables.noise_ceiling`)."""
+    from dualprompt.tables import noise_ceiling, share_beyond_noise
+
+    out = {f"reliability_{name}": share_beyond_noise(*parts[name]) for name in ("objective", "final")}
     out["noise_ceiling"] = noise_ceiling(out["reliability_objective"], out["reliability_final"])
     return out
+
+
+def draw_reliability(jobs: list[dict]) -> dict[str, float]:
+    """How much of the configurations' spread in the objective and in the final HM is more than seed noise,
+    and the highest Spearman(objective, final HM) that noise allows. NaN with one seed."""
+    return ceiling_from(spread_and_noise(jobs))
+
+
+def pooled_reliability(jobs_by_draw: dict[str, list[dict]]) -> dict[str, float]:
+    """`draw_reliability` with each measure's spread and seed noise averaged over the draws first: the
+    ceiling of the measurement as a whole, steadier than the per-draw ceilings' mean."""
+    parts = [spread_and_noise(jobs) for jobs in jobs_by_draw.values()]
+    return ceiling_from({name: tuple(pd.Series([p[name][i] for p in parts], dtype="float64").mean()
+                                     for i in (0, 1)) for name in ("objective", "final")})
+
+
+def read_jobs(paths: list[str], draws: tuple[str, ...] | None) -> dict[str, list[dict]]:
+    """draw -> its jobs, from files that `--json` wrote, in the order of DRAWS. Every file must come from the
+    same configurations, datasets and seeds, and hold each draw at most once across the files."""
+    from dualprompt.errors import UsageError
+
+    by_draw, source, first = {}, {}, None
+    for path in paths:
+        try:
+            record = json.loads(Path(path).read_text())
+            setup = {k: record[k] for k in ("configs", "datasets", "seeds")}
+            rows = record["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise UsageError(f"--from-json: {path} is not a file that `world.draws --json` wrote ({error!r}); "
+                             "pass such files.") from error
+        if first is None:
+            first = (path, setup)
+        elif setup != first[1]:
+            raise UsageError(f"--from-json: {path} and {first[0]} ran different configurations, datasets or "
+                             "seeds; summarise them separately.")
+        for draw in sorted({row["draw"] for row in rows}):
+            if draw in source:
+                raise UsageError(f"--from-json: draw {draw} is in both {source[draw]} and {path}; pass each "
+                                 "draw's file once.")
+            source[draw] = path
+            by_draw[draw] = [{k: v for k, v in row.items() if k != "draw"} for row in rows if row["draw"] == draw]
+    missing = [d for d in draws or () if d not in by_draw]
+    if missing:
+        raise UsageError(f"--draws: {missing[0]} is in none of the --from-json files; they hold "
+                         f"{','.join(sorted(by_draw))}.")
+    return {d: by_draw[d] for d in DRAWS if d in by_draw and (draws is None or d in draws)}
+
+
+def print_draw(draw: str, table: pd.DataFrame, summary: dict[str, float], note: str) -> None:
+    from dualprompt.report import frame_markdown
+    from dualprompt.tables import spearman_interval
+
+    print(f"\nDraw {draw} (base = blocks {' + '.join(draw)}{note}):\n")
+    print(frame_markdown(table.round(2)))
+    print(f"  draw {draw}: " + "; ".join(f"{k} {v:+.2f}" for k, v in summary.items()))
+    low, high = spearman_interval(summary["spearman_objective_final_hm"], len(table))
+    print(f"  draw {draw}: 95% interval of Spearman(objective, final HM) over {len(table)} configurations: "
+          f"{low:+.2f} to {high:+.2f} (Fisher's z)", flush=True)
+
+
+def print_over_draws(summaries: dict[str, dict[str, float]], jobs_by_draw: dict[str, list[dict]]) -> None:
+    print(f"\nOver {len(summaries)} draws (mean ± std):\n")
+    for key in next(iter(summaries.values())):
+        values = pd.Series([s[key] for s in summaries.values()], dtype="float64")
+        print(f"  {key:<34} {values.mean():+6.2f} ± {values.std():4.2f}   "
+              + "  ".join(f"{d} {s[key]:+.2f}" for d, s in summaries.items()))
+    pooled = pooled_reliability(jobs_by_draw)
+    print("\nPooled over the draws (spreads and seed noise averaged first): "
+          + "; ".join(f"{k} {v:.2f}" for k, v in pooled.items()))
+
+
+def summarise(paths: list[str], draws: tuple[str, ...] | None) -> int:
+    """--from-json: every draw's table and the summary over draws, from saved jobs; nothing is trained."""
+    jobs_by_draw = read_jobs(paths, draws)
+    first = next(iter(jobs_by_draw.values()))
+    seeds = sorted({job["seed"] for job in first})
+    datasets = list(dict.fromkeys(job["dataset"] for job in first))
+    configs = list(dict.fromkeys(job["variant"] for job in first))
+    print(f"Class draws {','.join(jobs_by_draw)} from {len(paths)} file(s) x {len(configs)} configurations "
+          f"({', '.join(configs)}) x seeds {','.join(map(str, seeds))} x {len(datasets)} datasets")
+    summaries = {}
+    for draw, jobs in jobs_by_draw.items():
+        table = draw_table(jobs)
+        summaries[draw] = {**draw_summary(table), **draw_reliability(jobs)}
+        print_draw(draw, table, summaries[draw], "")
+    print_over_draws(summaries, jobs_by_draw)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,10 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     from dualprompt.data.synthetic import OFFLINE_TRAINING
     from dualprompt.errors import DualpromptError
     from dualprompt.experiment import Experiment
-    from dualprompt.report import frame_markdown
     from dualprompt.storage import write_bytes_atomically
-    from dualprompt.tables import spearman_interval
 
+    if args.from_json:
+        try:
+            return summarise(args.from_json, args.draws)
+        except DualpromptError as error:
+            print(f"python -m dualprompt.world.draws: error: {error}", file=sys.stderr)
+            return 2
     torch.set_num_threads(args.threads)
     datasets, seeds, draws = args.datasets, tuple(range(1, args.seeds + 1)), args.draws
     overrides = {k: v for k, v in (("data_root", args.data_root), ("cache_dir", args.cache_dir)) if v}
@@ -246,26 +367,18 @@ def main(argv: list[str] | None = None) -> int:
           f"configurations ({', '.join(configs)}) x seeds {','.join(map(str, seeds))} x {len(datasets)} datasets",
           flush=True)
     backbone = load_backbone(Config.from_flat({**configs["defaults"], **overrides}).backbone)
-    summaries, jobs, start = {}, [], time.perf_counter()
+    summaries, jobs_by_draw, start = {}, {}, time.perf_counter()
     for draw in draws:
-        experiment = Experiment(backbone, relabel_for(draw, args.block))
-        table, draw_jobs = run_draw(experiment, configs, datasets, seeds, overrides)
-        summaries[draw] = {**draw_summary(table), **draw_reliability(draw_jobs)}
-        jobs += [{"draw": draw, **job} for job in draw_jobs]
+        jobs_by_draw[draw] = run_jobs(Experiment(backbone, relabel_for(draw, args.block)), configs, datasets, seeds,
+                                      overrides)
+        table = draw_table(jobs_by_draw[draw])
+        summaries[draw] = {**draw_summary(table), **draw_reliability(jobs_by_draw[draw])}
         if args.json:  # after every draw, so an interrupted run keeps the draws it finished
-            record = {"configs": configs, "datasets": datasets, "seeds": seeds, "rows": jobs}
+            rows = [{"draw": d, **job} for d, jobs in jobs_by_draw.items() for job in jobs]
+            record = {"configs": configs, "datasets": datasets, "seeds": seeds, "rows": rows}
             write_bytes_atomically(json.dumps(record, indent=1, default=str).encode(), args.json)
-        print(f"\nDraw {draw} (base = blocks {' + '.join(draw)}; {time.perf_counter() - start:.0f} s so far):\n")
-        print(frame_markdown(table.round(2)))
-        print(f"  draw {draw}: " + "; ".join(f"{k} {v:+.2f}" for k, v in summaries[draw].items()))
-        low, high = spearman_interval(summaries[draw]["spearman_objective_final_hm"], len(table))
-        print(f"  draw {draw}: 95% interval of Spearman(objective, final HM) over {len(table)} configurations: "
-              f"{low:+.2f} to {high:+.2f} (Fisher's z)", flush=True)
-    print(f"\nOver {len(draws)} draws (mean ± std):\n")
-    for key in next(iter(summaries.values())):
-        values = pd.Series([s[key] for s in summaries.values()], dtype="float64")
-        print(f"  {key:<34} {values.mean():+6.2f} ± {values.std():4.2f}   "
-              + "  ".join(f"{d} {s[key]:+.2f}" for d, s in summaries.items()))
+        print_draw(draw, table, summaries[draw], f"; {time.perf_counter() - start:.0f} s so far")
+    print_over_draws(summaries, jobs_by_draw)
     return 0
 
 
