@@ -75,6 +75,7 @@ class SweepSpec:
     defaults: dict[str, Any]  # evaluated first; its keys are the searched parameters
     baselines: tuple[str, ...] = ("zeroshot", "coop", "kgcoop")
     validate_top: int = 0
+    validate_spread: int = 0
     ablations: bool = False
     sampler_seed: int = 0
     gpus_per_trial: float = 0.0
@@ -201,7 +202,7 @@ def _final_variants(spec: SweepSpec) -> list[dict[str, Any]]:
 
     rows = read_results(spec.rows_dir)
     return final_variants(rows, list(spec.defaults), spec.defaults, spec.baselines, spec.validate_top,
-                          spec.ablations)
+                          spec.ablations, spec.validate_spread)
 
 
 def _new_tuner(spec: SweepSpec, stage: str, trainable: Any, variants: list[dict] | None) -> ray.tune.Tuner:

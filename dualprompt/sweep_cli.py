@@ -7,8 +7,9 @@ cannot be written, GPUs this machine does not have) is one sentence and exit cod
 
 Stages: "search" (leak-free: the protocol's search stage, one trial per configuration drawn by
 multivariate TPE, the defaults first) and "final" (`final_variants`: the best searched configuration, the
-dual-view defaults, the next `--validate-top` searched configurations, the baselines, and with
-`--ablations` the best configuration without its augmentation or without its MI term).
+dual-view defaults, the next `--validate-top` searched configurations, `--validate-spread` more at evenly
+spaced ranks down to the worst, the baselines, and with `--ablations` the best configuration without its
+augmentation or without its MI term).
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ def build_parser(declaration: SweepDeclaration, prog: str) -> argparse.ArgumentP
     add("--validate-top", type=int, help="the final stage also re-trains the next K searched configurations, "
         f"to measure how well the objective ranked them; default {declaration.validate_top_offline} offline, "
         f"{declaration.validate_top_real} on real data (0 allowed)")
+    add("--validate-spread", type=int, default=0, help="the final stage also re-trains K searched configurations "
+        "at evenly spaced ranks of the objective, down to the worst, so the objective's validity is measured over "
+        "its whole range, not only its top; default 0")
     add("--ablations", action="store_true", help="the final stage also trains the best configuration with only "
         "its MI term and with only its augmentation")
     add("--data-root", help="folder holding the datasets; default $DUALPROMPT_DATA_ROOT or ~/.cache/dualprompt/data")
@@ -237,6 +241,7 @@ class Plan:
     choices: dict[str, tuple[str, ...]]
     defaults: dict[str, Any]  # the first search point
     validate_top: int
+    validate_spread: int
     settings: dict[str, Any]
 
     @property
@@ -279,7 +284,8 @@ def plan(declaration: SweepDeclaration, argv: list[str], prog: str = "sweep") ->
     args = build_parser(declaration, prog).parse_args(argv)
     num_samples = args.num_samples if args.num_samples is not None else (SMOKE_SAMPLES if args.smoke else 64)
     minimums = (("--num-samples", num_samples, 1), ("--workers-per-trial", args.workers_per_trial, 1),
-                ("--max-concurrent", args.max_concurrent, 1), ("--validate-top", args.validate_top, 0))
+                ("--max-concurrent", args.max_concurrent, 1), ("--validate-top", args.validate_top, 0),
+                ("--validate-spread", args.validate_spread, 0))
     for flag, value, minimum in minimums:
         if value is not None and value < minimum:
             raise UsageError(f"{flag} must be at least {minimum}; got {value}.")
@@ -316,7 +322,9 @@ def plan(declaration: SweepDeclaration, argv: list[str], prog: str = "sweep") ->
                 "validate_top": validate_top, "ablations": args.ablations,
                 "config": {k: v for k, v in flat.items() if k not in LOCAL_KEYS},
                 "bounds": {k: list(v) for k, v in bounds.items()}, "choices": {k: list(v) for k, v in choices.items()},
-                "sampler_seed": args.sampler_seed}
+                "sampler_seed": args.sampler_seed,
+                # Only when asked for, so sweeps started before the option keep their names and settings.
+                **({"validate_spread": args.validate_spread} if args.validate_spread else {})}
     # Named from what was asked for (not from every Config default), so the same command keeps its name.
     asked = {**settings, "config": {k: v for k, v in overrides.items() if k not in LOCAL_KEYS}}
     digest = hashlib.sha1(json.dumps(asked, sort_keys=True).encode()).hexdigest()[:8]
@@ -328,7 +336,7 @@ def plan(declaration: SweepDeclaration, argv: list[str], prog: str = "sweep") ->
     if "://" not in storage:
         storage = str(Path(storage).expanduser().absolute())
     return Plan(args, declaration, protocol, name, storage, base, scope, num_samples, bounds, choices, defaults,
-                validate_top, settings)
+                validate_top, args.validate_spread, settings)
 
 
 def check_storage(p: Plan) -> None:
@@ -399,17 +407,20 @@ def check_cluster_gpus(address: str, gpus: float) -> None:
 
 
 def final_variants(rows: Any, searched: list[str], defaults: dict[str, Any], baselines: tuple[str, ...],
-                   validate_top: int, ablations: bool) -> list[dict[str, Any]]:
+                   validate_top: int, ablations: bool, validate_spread: int = 0) -> list[dict[str, Any]]:
     """The final stage's trials, from the search rows: each {"variant", "search_trial_id", "overrides"}.
 
     best = the complete search trial with the highest objective (ties: the earlier); defaults = the dual-view
-    defaults (the first search point); top2.. = the next `validate_top` trials; then the baselines; with
-    `ablations`, the best configuration with only its MI term (no augmentation: aug_strength 0) and with only
-    its augmentation (mi_weight 0).
+    defaults (the first search point); top2.. = the next `validate_top` trials, then `validate_spread` more at
+    evenly spaced ranks down to the worst (`tables.evenly_spaced_ranks`; "topR" is search rank R); then the
+    baselines; with `ablations`, the best configuration with only its MI term (no augmentation: aug_strength 0)
+    and with only its augmentation (mi_weight 0).
     """
-    from .tables import best_search_trials
+    from .tables import best_search_trials, evenly_spaced_ranks
 
-    ranked = best_search_trials(rows, k=1 + validate_top)
+    ranked = best_search_trials(rows, k=len(rows))
+    spread = [r for r in evenly_spaced_ranks(len(ranked), 1 + validate_spread) if r > validate_top]
+    ranked = ranked.iloc[sorted(set(range(min(1 + validate_top, len(ranked)))) | set(spread))]
     if ranked.empty:
         raise DualpromptError("No search trial finished all its jobs; fix the failures shown in the search rows "
                               "(column 'error') and rerun.")
@@ -425,8 +436,8 @@ def final_variants(rows: Any, searched: list[str], defaults: dict[str, Any], bas
     variants = [{"variant": "best", "search_trial_id": best_id, "overrides": {"method": "dualprompt", **best}},
                 {"variant": "defaults", "search_trial_id": default_ids[0] if default_ids else None,
                  "overrides": {"method": "dualprompt", **defaults}}]
-    for rank, trial_id in enumerate(ranked["trial_id"].iloc[1:], start=2):
-        variants.append({"variant": f"top{rank}", "search_trial_id": trial_id,
+    for position, trial_id in zip(ranked.index[1:], ranked["trial_id"].iloc[1:], strict=True):
+        variants.append({"variant": f"top{position + 1}", "search_trial_id": trial_id,
                          "overrides": {"method": "dualprompt", **params(trial_id)}})
     variants += [{"variant": m, "search_trial_id": None, "overrides": {"method": m}} for m in baselines]
     if ablations:
@@ -457,7 +468,8 @@ def main(declaration: SweepDeclaration, argv: list[str] | None = None) -> int:
         base_config={k: v for k, v in p.base.to_flat().items() if k not in ("dataset", "seed")},
         scope=p.scope, num_samples=p.num_samples,
         space=partial(define_space, bounds=p.bounds, choices=p.choices), defaults=p.defaults,
-        baselines=p.declaration.baselines, validate_top=p.validate_top, ablations=args.ablations,
+        baselines=p.declaration.baselines, validate_top=p.validate_top, validate_spread=p.validate_spread,
+        ablations=args.ablations,
         sampler_seed=args.sampler_seed, gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial,
         cpus_per_worker=cpus_per_worker, max_concurrent=concurrent, address=args.address,
     )

@@ -231,6 +231,14 @@ def best_search_trials(rows: pd.DataFrame, k: int = 5) -> pd.DataFrame:
     return trials.sort_values(["objective", "finished_at"], ascending=[False, True]).head(k).reset_index(drop=True)
 
 
+def evenly_spaced_ranks(n_trials: int, k: int) -> list[int]:
+    """k positions (0-based, the best first) evenly spaced over n_trials ranked trials, from the best to the
+    worst inclusive; fewer when n_trials < k. A validity measurement over them spans the objective's range,
+    where one over the top ranks alone sees configurations within their noise."""
+    points = min(k, n_trials)
+    return sorted({round(i * (n_trials - 1) / max(points - 1, 1)) for i in range(points)}) if points > 0 else []
+
+
 def spearman(x: pd.Series, y: pd.Series) -> float:
     """Spearman rank correlation (Pearson correlation of average ranks); NaN with fewer than 3 pairs."""
     pairs = pd.DataFrame({"x": x.to_numpy(dtype=float), "y": y.to_numpy(dtype=float)}).dropna()

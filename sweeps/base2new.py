@@ -9,7 +9,8 @@
 Search: each trial is one configuration drawn by multivariate TPE (the defaults first), trained on the
 pseudo-base half of every dataset's base classes (both halves in turn with --folds 2), scored by the HM of
 pseudo-base validation and pseudo-new accuracy averaged over its jobs; true new classes are never seen.
-Final: the best configuration, the dual-view defaults, the next --validate-top configurations and the
+Final: the best configuration, the dual-view defaults, the next --validate-top configurations (and
+--validate-spread more at evenly spaced ranks down to the worst, to measure the objective over its range), the
 baselines (zero-shot CLIP, CoOp, KgCoOp; --ablations adds the best configuration with one term only), each
 trained on all base classes for every dataset and seed, tested on base and new, its prompt kept.
 

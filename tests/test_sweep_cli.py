@@ -53,6 +53,7 @@ def run_cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
         (["--folds", "3"], "--folds must be 1 or 2"),
         (["--shots", "4,8"], "--shots takes one value for base2new"),
         (["--validate-top", "-1"], "--validate-top must be at least 0"),
+        (["--validate-spread", "-2"], "--validate-spread must be at least 0"),
         (["--datasets", "synthetic_source_a"], "test-only dataset and cannot be trained on"),
     ],
 )
@@ -92,7 +93,8 @@ def test_help_explains_every_option_in_one_line(tmp_path):
     assert result.returncode == 0
     for flag in ("--num-samples", "--datasets", "--seeds", "--data-root", "--backbone", "--pretrained", "--name",
                  "--storage-path", "--gpus-per-trial", "--workers-per-trial", "--max-concurrent", "--epochs",
-                 "--set", "--stage", "--smoke", "--folds", "--validate-top", "--ablations", "--search-seeds"):
+                 "--set", "--stage", "--smoke", "--folds", "--validate-top", "--validate-spread", "--ablations",
+                 "--search-seeds"):
         assert flag in result.stdout, flag
     assert "RAY_IMPORTED=False" in result.stdout
 
@@ -106,3 +108,46 @@ def test_resumed_sweep_must_keep_its_settings(tmp_path):
     assert "was started with different" in result.stderr and "seeds" in result.stderr
     assert "epochs (config)" in result.stderr
     assert "RAY_IMPORTED=False" in result.stdout
+
+
+EXAMPLE = SCRIPT.parent.parent / "results" / "base2new" / "example"
+
+
+def test_evenly_spaced_ranks_span_best_to_worst():
+    from dualprompt.tables import evenly_spaced_ranks
+
+    assert evenly_spaced_ranks(64, 5) == [0, 16, 32, 47, 63]  # search ranks 1, 17, 33, 48, 64
+    assert evenly_spaced_ranks(64, 1) == [0] and evenly_spaced_ranks(3, 5) == [0, 1, 2]
+    assert evenly_spaced_ranks(0, 3) == [] and evenly_spaced_ranks(5, 0) == []
+
+
+def test_final_stage_validates_the_next_ranks_and_a_spread_down_to_the_worst():
+    from dualprompt.results import load_results
+    from dualprompt.sweep_cli import final_variants
+    from dualprompt.tables import best_search_trials
+
+    rows = load_results(str(EXAMPLE))
+    ranked = best_search_trials(rows, k=len(rows))["trial_id"].tolist()  # the example's 64 complete trials
+    defaults = {"n_ctx": 4, "mi_weight": 1.0, "mi_temperature": 0.07, "aug_strength": 0.5}
+    baselines = ("zeroshot", "coop", "kgcoop")
+
+    def searched(validate_top: int, validate_spread: int) -> dict[str, str]:
+        variants = final_variants(rows, list(defaults), defaults, baselines, validate_top, False, validate_spread)
+        return {v["variant"]: v["search_trial_id"] for v in variants if v["variant"].startswith(("best", "top"))}
+
+    # Without a spread: best and the next ranks, as before the option existed.
+    assert searched(4, 0) == {"best": ranked[0], **{f"top{r}": ranked[r - 1] for r in range(2, 6)}}
+    # With one: ranks 17, 33, 48 and 64 too, the last the worst of the search.
+    assert searched(4, 4) == {**searched(4, 0), **{f"top{r}": ranked[r - 1] for r in (17, 33, 48, 64)}}
+    # A spread rank inside the top ranks is trained once.
+    assert searched(20, 4) == {**searched(20, 0), **{f"top{r}": ranked[r - 1] for r in (33, 48, 64)}}
+
+
+def test_the_spread_option_keeps_existing_sweep_names():
+    import runpy
+
+    from dualprompt.sweep_cli import plan
+
+    sweep = runpy.run_path(str(SCRIPT), run_name="declaration")["SWEEP"]
+    names = [plan(sweep, args).name for args in ([], ["--validate-spread", "0"], ["--validate-spread", "4"])]
+    assert names[0] == names[1] != names[2]

@@ -55,11 +55,13 @@ def check_stage_rows(rows, protocol_name: str) -> None:
 
 @pytest.fixture(scope="module")
 def base2new(tmp_path_factory):
-    """3 search trials, then best, defaults, the next 2, three baselines and both ablations; a crash injected
-    into a single-process trial after its first job (the final stage has two seeds, so two jobs a trial)."""
+    """3 search trials, then best, defaults, the next rank and the worst (a spread of 1 down to rank 3),
+    three baselines and both ablations; a crash injected into a single-process trial after its first job (the
+    final stage has two seeds, so two jobs a trial)."""
     root = tmp_path_factory.mktemp("b2n")
     marker = root / "fault-marker"
-    result = sweep("base2new.py", ["--num-samples", "3", "--seeds", "1,2", "--validate-top", "2", "--ablations",
+    result = sweep("base2new.py", ["--num-samples", "3", "--seeds", "1,2", "--validate-top", "1",
+                                   "--validate-spread", "1", "--ablations",
                                    "--storage-path", str(root / "results"), "--name", "b2n"],
                    sweep_env(root, DUALPROMPT_FAULT_ONCE=str(marker)), timeout=600)
     return {"root": root, "rows": read_results(root / "results" / "b2n"), "marker": marker, "result": result}

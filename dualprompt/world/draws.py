@@ -143,7 +143,7 @@ def sweep_configs(folder: str, n: int) -> dict[str, dict]:
     from dualprompt.config import FIELD_TYPE, MACHINE_LOCAL_FIELDS, Config
     from dualprompt.errors import UsageError
     from dualprompt.results import load_results
-    from dualprompt.tables import search_trials, searched_params
+    from dualprompt.tables import evenly_spaced_ranks, search_trials, searched_params
 
     rows = load_results(folder)
     search = rows[rows["stage"] == "search"]
@@ -151,7 +151,7 @@ def sweep_configs(folder: str, n: int) -> dict[str, dict]:
         raise UsageError(f"{folder}: no base-to-new search rows; pass the folder of a base2new sweep.")
     trials = search_trials(rows)
     trials = trials[trials["complete"].astype(bool)].sort_values("objective", ascending=False)
-    ranks = sorted({round(i * (len(trials) - 1) / max(n - 1, 1)) for i in range(min(n, len(trials)))})
+    ranks = evenly_spaced_ranks(len(trials), n)
     keep = [k for k in FIELD_TYPE if k in search and k not in ("dataset", "seed", *MACHINE_LOCAL_FIELDS)]
 
     def flat(row: pd.Series) -> dict:
