@@ -437,6 +437,8 @@ def final_variants(rows: Any, searched: list[str], defaults: dict[str, Any], bas
                 {"variant": "defaults", "search_trial_id": default_ids[0] if default_ids else None,
                  "overrides": {"method": "dualprompt", **defaults}}]
     for position, trial_id in zip(ranked.index[1:], ranked["trial_id"].iloc[1:], strict=True):
+        if trial_id in default_ids[:1]:  # already trained as "defaults"
+            continue
         variants.append({"variant": f"top{position + 1}", "search_trial_id": trial_id,
                          "overrides": {"method": "dualprompt", **params(trial_id)}})
     variants += [{"variant": m, "search_trial_id": None, "overrides": {"method": m}} for m in baselines]

@@ -285,7 +285,9 @@ def noise_ceiling(reliability_x: float, reliability_y: float) -> float:
 
 def objective_validity(rows: pd.DataFrame) -> pd.DataFrame:
     """For each final variant that came from a search trial (best, defaults, top-K): its search objective and
-    SE next to its final headline number; `spearman(table.objective, table.final)` measures the prediction."""
+    SE next to its final headline number; `spearman(table.objective, table.final)` measures the prediction.
+    A search trial trained under two names (the defaults' trial also a validated rank) counts once, under
+    the first name in `variant_order`."""
     final = rows[(rows["stage"] == "final") & rows["search_trial_id"].notna()]
     columns = ["variant", "search_trial_id", "objective", "objective_se", "final", "final_std"]
     if final.empty:
@@ -294,6 +296,7 @@ def objective_validity(rows: pd.DataFrame) -> pd.DataFrame:
     headline = final_objective(rows[rows["stage"] == "final"])
     links = final.groupby("variant")["search_trial_id"].first()
     links = links[[v not in ("mi_only", "aug_only") for v in links.index]]  # ablations are not searched configs
+    links = links.iloc[sorted(range(len(links)), key=lambda i: variant_order(links.index[i]))].drop_duplicates()
     table = pd.DataFrame({"variant": links.index, "search_trial_id": links.to_numpy()})
     table["objective"] = table["search_trial_id"].map(trials["objective"])
     table["objective_se"] = table["search_trial_id"].map(trials["objective_se"])

@@ -127,6 +127,9 @@ def test_objective_validity_pairs_each_searched_variant_with_its_trial():
     assert "leaves 0% of their spread" in words and "at most about **0.00**" in words and "(2 seeds)" in words
     # Rows without an SE (pandas' nullable NA in the column): no ceiling line, no error.
     assert _ceiling_words(table.assign(objective_se=pd.array([None] * 4, dtype="Float64")), frame(rows)) == []
+    # The defaults' trial validated again under its rank counts once, as the defaults.
+    rows += [final("top4", d, s, 75.0 + s, 60.0, search_trial="s00") for d in "ab" for s in (1, 2)]
+    assert sorted(objective_validity(frame(rows))["variant"]) == ["best", "defaults", "top2", "top3"]
 
 
 def test_spearman_interval_is_fisher_z_with_bonett_wright_variance():

@@ -124,11 +124,13 @@ def test_evenly_spaced_ranks_span_best_to_worst():
 def test_final_stage_validates_the_next_ranks_and_a_spread_down_to_the_worst():
     from dualprompt.results import load_results
     from dualprompt.sweep_cli import final_variants
-    from dualprompt.tables import best_search_trials
+    from dualprompt.tables import best_search_trials, searched_params
 
     rows = load_results(str(EXAMPLE))
     ranked = best_search_trials(rows, k=len(rows))["trial_id"].tolist()  # the example's 64 complete trials
-    defaults = {"n_ctx": 4, "mi_weight": 1.0, "mi_temperature": 0.07, "aug_strength": 0.5}
+    defaults_trial = rows.loc[rows["variant"] == "defaults", "search_trial_id"].iloc[0]
+    first = rows[rows["trial_id"] == defaults_trial].iloc[0]  # the sweep's first search point: its defaults
+    defaults = {name: first[name] for name in searched_params(rows)}
     baselines = ("zeroshot", "coop", "kgcoop")
 
     def searched(validate_top: int, validate_spread: int) -> dict[str, str]:
@@ -141,6 +143,9 @@ def test_final_stage_validates_the_next_ranks_and_a_spread_down_to_the_worst():
     assert searched(4, 4) == {**searched(4, 0), **{f"top{r}": ranked[r - 1] for r in (17, 33, 48, 64)}}
     # A spread rank inside the top ranks is trained once.
     assert searched(20, 4) == {**searched(20, 0), **{f"top{r}": ranked[r - 1] for r in (33, 48, 64)}}
+    # So is the defaults' trial (rank 56 of this search), under the name "defaults".
+    assert ranked.index(first["trial_id"]) == 55 and "top56" not in searched(0, 16)
+    assert len(searched(0, 16)) == 1 + 15
 
 
 def test_the_spread_option_keeps_existing_sweep_names():
