@@ -113,6 +113,8 @@ def test_configurations_come_from_the_sweep_at_evenly_spaced_objective_ranks():
     (["--smoke", "--block", "3"], "--block: '3' is not COLOURSxSHAPES"),
     (["--smoke", "--from-json", "x.json"], "--from-json: it re-reads finished runs; drop --sweep and --smoke"),
     (["--from-json", "no/such.json"], "--from-json: no/such.json is not a file"),
+    (["--smoke", "--objective-seeds", "1,x"], "--objective-seeds: '1,x' is not a comma-separated list"),
+    (["--smoke", "--objective-seeds", "2"], "--objective-seeds: 2 is more seeds than the run trains"),
 ])
 def test_bad_arguments_are_one_sentence_before_any_work(capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -143,6 +145,21 @@ def test_draw_reliability_by_hand():
     assert out["noise_ceiling"] == pytest.approx(15 / 16)
 
 
+def test_objective_seed_validity_by_hand():
+    # Final HM 60, 64, 68 over three configurations; the objective ranks them 1,2,3 under seed 1 (Spearman 1)
+    # and 3,1,2 under seed 2 (-0.5): one seed predicts 0.25 on average; both seeds' mean (52, 51, 53, ranks
+    # 2,1,3) predicts 0.5.
+    jobs = []
+    for i, variant in enumerate(("defaults", "rank 1", "rank 2")):
+        for seed, objective in ((1, (50.0, 52.0, 54.0)[i]), (2, (54.0, 50.0, 52.0)[i])):
+            jobs += [{"variant": variant, "dataset": "d", "seed": seed, "stage": "search", "fold": f,
+                      "acc_val_pseudobase": 70.0, "acc_val_pseudonew": 40.0, "hm_val": objective} for f in (0, 1)]
+            jobs.append({"variant": variant, "dataset": "d", "seed": seed, "stage": "final",
+                         "acc_test_base": 60.0 + 4 * i, "acc_test_new": 60.0 + 4 * i})
+    assert draws.objective_seed_validity(jobs, 1) == pytest.approx(0.25)
+    assert draws.objective_seed_validity(jobs, 2) == pytest.approx(0.5)
+
+
 def test_pooled_reliability_averages_spread_and_noise_before_dividing():
     # Spreads 16 and 4, noise 1 in both: pooled 1 - 1 / 10, not the mean of 15/16 and 3/4.
     out = draws.pooled_reliability({"AB": _hand_jobs(step=4.0), "CD": _hand_jobs(step=2.0)})
@@ -160,8 +177,8 @@ def _write_draws(path: Path, jobs_by_draw: dict[str, list[dict]], seeds=(1, 2)) 
 def test_from_json_summarises_draws_from_several_files_without_training(tmp_path):
     first = _write_draws(tmp_path / "ab.json", {"AB": _hand_jobs(step=4.0)})
     second = _write_draws(tmp_path / "cd.json", {"CD": _hand_jobs(step=2.0)})
-    result = subprocess.run([sys.executable, "-m", "dualprompt.world.draws", "--from-json", second, first],
-                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "dualprompt.world.draws", "--from-json", second, first,
+                             "--objective-seeds", "1"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert out.index("Draw AB (base = blocks A + B)") < out.index("Draw CD (base = blocks C + D)")
@@ -170,6 +187,15 @@ def test_from_json_summarises_draws_from_several_files_without_training(tmp_path
     summary = next(line for line in out.splitlines() if line.strip().startswith("spearman_objective_final_hm"))
     assert "+1.00 ± 0.00" in summary and "AB +1.00" in summary and "CD +1.00" in summary
     assert "noise_ceiling 0.90" in out.splitlines()[-1]
+    one_seed = next(line for line in out.splitlines() if line.strip().startswith("spearman_objective_1_seeds"))
+    assert "AB +1.00" in one_seed  # both seeds rank the configurations alike
+
+
+def test_from_json_refuses_more_objective_seeds_than_the_files_hold(tmp_path):
+    path = _write_draws(tmp_path / "ab.json", {"AB": _hand_jobs(step=4.0)})
+    result = subprocess.run([sys.executable, "-m", "dualprompt.world.draws", "--from-json", path,
+                             "--objective-seeds", "3"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2 and "--objective-seeds: 3 is more seeds than the files hold (2)" in result.stderr
 
 
 @pytest.mark.parametrize("setup, message", [

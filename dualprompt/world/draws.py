@@ -98,12 +98,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "on a block's classes")
     parser.add_argument("--json", help="also write every job's metrics (draw, configuration, dataset, seed, stage, "
                         "fold) to this file, rewritten after each draw")
+    parser.add_argument("--objective-seeds", help="comma-separated counts K of search seeds: also print, per draw, "
+                        "Spearman(objective on K seeds, final HM on all), averaged over every K of the seeds (how "
+                        "the objective's validity grows with a sweep's --search-seeds)")
     parser.add_argument("--from-json", nargs="+", metavar="FILE", help="summarise the jobs that earlier runs' --json "
                         "wrote (one or more files, each draw in one of them) instead of running any")
     parser.add_argument("--smoke", action="store_true", help="the offline defaults and two other configurations, "
                         "1 dataset, 2 draws, 1 seed, 2 epochs, 4 shots")
     args = parser.parse_args(argv)
     args.draws = tuple(d.strip() for d in (args.draws or "").split(",") if d.strip()) or None
+    counts = [c.strip() for c in (args.objective_seeds or "").split(",") if c.strip()]
+    if not all(c.isdigit() and int(c) >= 1 for c in counts):
+        parser.error(f"--objective-seeds: {args.objective_seeds!r} is not a comma-separated list of counts >= 1 "
+                     "(e.g. 1,2,3).")
+    args.objective_seeds = tuple(int(c) for c in counts)
     bad = [d for d in args.draws or () if d not in DRAWS]
     if bad:
         parser.error(f"--draws: {bad[0]!r} is not a draw; use two of the blocks {LETTERS} in order, e.g. "
@@ -134,6 +142,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.block = (int(sides[0]), int(sides[1]))
     if args.configs < 1 or args.seeds < 1 or args.threads < 1:
         parser.error("--configs, --seeds and --threads must be at least 1.")
+    if any(k > (len(SMOKE["seeds"]) if args.smoke else args.seeds) for k in args.objective_seeds):
+        parser.error(f"--objective-seeds: {max(args.objective_seeds)} is more seeds than the run trains; lower it "
+                     "or raise --seeds.")
     return args
 
 
@@ -244,6 +255,27 @@ def ceiling_from(parts: dict[str, tuple[float, float]]) -> dict[str, float]:
     return out
 
 
+def objective_seed_validity(jobs: list[dict], k: int) -> float:
+    """Spearman(objective over k seeds' search jobs, final HM over all seeds), averaged over every k-subset of
+    the seeds: what a search with k seeds per trial would have predicted, the final HM held fixed."""
+    from dualprompt.tables import spearman
+
+    frame = pd.DataFrame(jobs)
+    objective = frame[frame["stage"] == "search"].groupby(["variant", "seed"])["hm_val"].mean().unstack()
+    final = draw_table(jobs).set_index("config")["final_hm"].reindex(objective.index)
+    subsets = list(combinations(objective.columns, k))
+    return float(pd.Series([spearman(objective[list(c)].mean(axis=1), final) for c in subsets]).mean())
+
+
+def summarise_draw(jobs: list[dict], objective_seeds: tuple[int, ...]) -> tuple[pd.DataFrame, dict[str, float]]:
+    """A draw's table and everything printed about it."""
+    table = draw_table(jobs)
+    summary = {**draw_summary(table), **draw_reliability(jobs)}
+    summary.update({f"spearman_objective_{k}_seeds_final_hm": objective_seed_validity(jobs, k)
+                    for k in objective_seeds})
+    return table, summary
+
+
 def draw_reliability(jobs: list[dict]) -> dict[str, float]:
     """How much of the configurations' spread in the objective and in the final HM is more than seed noise,
     and the highest Spearman(objective, final HM) that noise allows. NaN with one seed."""
@@ -306,26 +338,30 @@ def print_over_draws(summaries: dict[str, dict[str, float]], jobs_by_draw: dict[
     print(f"\nOver {len(summaries)} draws (mean ± std):\n")
     for key in next(iter(summaries.values())):
         values = pd.Series([s[key] for s in summaries.values()], dtype="float64")
-        print(f"  {key:<34} {values.mean():+6.2f} ± {values.std():4.2f}   "
+        print(f"  {key:<38} {values.mean():+6.2f} ± {values.std():4.2f}   "
               + "  ".join(f"{d} {s[key]:+.2f}" for d, s in summaries.items()))
     pooled = pooled_reliability(jobs_by_draw)
     print("\nPooled over the draws (spreads and seed noise averaged first): "
           + "; ".join(f"{k} {v:.2f}" for k, v in pooled.items()))
 
 
-def summarise(paths: list[str], draws: tuple[str, ...] | None) -> int:
+def summarise(paths: list[str], draws: tuple[str, ...] | None, objective_seeds: tuple[int, ...]) -> int:
     """--from-json: every draw's table and the summary over draws, from saved jobs; nothing is trained."""
+    from dualprompt.errors import UsageError
+
     jobs_by_draw = read_jobs(paths, draws)
     first = next(iter(jobs_by_draw.values()))
     seeds = sorted({job["seed"] for job in first})
+    if any(k > len(seeds) for k in objective_seeds):
+        raise UsageError(f"--objective-seeds: {max(objective_seeds)} is more seeds than the files hold "
+                         f"({len(seeds)}); lower it.")
     datasets = list(dict.fromkeys(job["dataset"] for job in first))
     configs = list(dict.fromkeys(job["variant"] for job in first))
     print(f"Class draws {','.join(jobs_by_draw)} from {len(paths)} file(s) x {len(configs)} configurations "
           f"({', '.join(configs)}) x seeds {','.join(map(str, seeds))} x {len(datasets)} datasets")
     summaries = {}
     for draw, jobs in jobs_by_draw.items():
-        table = draw_table(jobs)
-        summaries[draw] = {**draw_summary(table), **draw_reliability(jobs)}
+        table, summaries[draw] = summarise_draw(jobs, objective_seeds)
         print_draw(draw, table, summaries[draw], "")
     print_over_draws(summaries, jobs_by_draw)
     return 0
@@ -344,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.from_json:
         try:
-            return summarise(args.from_json, args.draws)
+            return summarise(args.from_json, args.draws, args.objective_seeds)
         except DualpromptError as error:
             print(f"python -m dualprompt.world.draws: error: {error}", file=sys.stderr)
             return 2
@@ -371,8 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     for draw in draws:
         jobs_by_draw[draw] = run_jobs(Experiment(backbone, relabel_for(draw, args.block)), configs, datasets, seeds,
                                       overrides)
-        table = draw_table(jobs_by_draw[draw])
-        summaries[draw] = {**draw_summary(table), **draw_reliability(jobs_by_draw[draw])}
+        table, summaries[draw] = summarise_draw(jobs_by_draw[draw], args.objective_seeds)
         if args.json:  # after every draw, so an interrupted run keeps the draws it finished
             rows = [{"draw": d, **job} for d, jobs in jobs_by_draw.items() for job in jobs]
             record = {"configs": configs, "datasets": datasets, "seeds": seeds, "rows": rows}
