@@ -203,6 +203,7 @@ def test_from_json_refuses_more_objective_seeds_than_the_files_hold(tmp_path):
     ("other seeds", "ran different configurations, datasets or seeds"),
     ("not json", "is not a file that `world.draws --json` wrote"),
     ("missing draw", "--draws: BC is in none of the --from-json files"),
+    ("bad draw", "holds rows whose draw is 'XY', not one of AB,AC"),
 ])
 def test_from_json_bad_files_are_one_sentence(tmp_path, setup, message):
     paths = [_write_draws(tmp_path / "a.json", {"AB": _hand_jobs(step=4.0)})]
@@ -214,6 +215,8 @@ def test_from_json_bad_files_are_one_sentence(tmp_path, setup, message):
     elif setup == "not json":
         (tmp_path / "b.json").write_text("rows: none")
         paths.append(str(tmp_path / "b.json"))
+    elif setup == "bad draw":
+        paths.append(_write_draws(tmp_path / "b.json", {"XY": _hand_jobs(step=2.0)}))
     else:
         wanted = ("AB", "BC")
     with pytest.raises(DualpromptError, match="--") as error:

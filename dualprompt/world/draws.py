@@ -226,19 +226,23 @@ def draw_summary(table: pd.DataFrame) -> dict[str, float]:
             "best_minus_defaults_final_hm": best["final_hm"] - defaults["final_hm"]}
 
 
+def per_seed_measures(jobs: list[dict]) -> dict[str, pd.DataFrame]:
+    """The objective (mean over a seed's search jobs) and the final Average HM, each [configuration, seed]."""
+    from dualprompt.tables import per_seed_average
+
+    frame = pd.DataFrame(jobs)
+    return {
+        "objective": frame[frame["stage"] == "search"].groupby(["variant", "seed"])["hm_val"].mean().unstack(),
+        "final": per_seed_average(frame[frame["stage"] == "final"]).set_index(["variant", "seed"])["hm"].unstack(),
+    }
+
+
 def spread_and_noise(jobs: list[dict]) -> dict[str, tuple[float, float]]:
     """For the objective and the final HM: (variance of the configurations' means over seeds, the variance
     one such mean has from seed noise alone: each configuration's variance over seeds divided by the seeds,
     averaged). The noise is NaN with one seed."""
-    from dualprompt.tables import per_seed_average
-
-    frame = pd.DataFrame(jobs)
-    per_seed = {  # [configuration, seed]
-        "objective": frame[frame["stage"] == "search"].groupby(["variant", "seed"])["hm_val"].mean().unstack(),
-        "final": per_seed_average(frame[frame["stage"] == "final"]).set_index(["variant", "seed"])["hm"].unstack(),
-    }
     out = {}
-    for name, table in per_seed.items():
+    for name, table in per_seed_measures(jobs).items():
         noise = table.var(axis=1, ddof=1).mean() / table.shape[1] if table.shape[1] > 1 else float("nan")
         means = table.mean(axis=1)
         out[name] = (means.var(ddof=1) if len(means) >= 3 else float("nan"), noise)
@@ -260,11 +264,16 @@ def objective_seed_validity(jobs: list[dict], k: int) -> float:
     the seeds: what a search with k seeds per trial would have predicted, the final HM held fixed."""
     from dualprompt.tables import spearman
 
-    frame = pd.DataFrame(jobs)
-    objective = frame[frame["stage"] == "search"].groupby(["variant", "seed"])["hm_val"].mean().unstack()
-    final = draw_table(jobs).set_index("config")["final_hm"].reindex(objective.index)
+    measures = per_seed_measures(jobs)
+    objective, final = measures["objective"], measures["final"].mean(axis=1).reindex(measures["objective"].index)
     subsets = list(combinations(objective.columns, k))
     return float(pd.Series([spearman(objective[list(c)].mean(axis=1), final) for c in subsets]).mean())
+
+
+def draw_reliability(jobs: list[dict]) -> dict[str, float]:
+    """How much of the configurations' spread in the objective and in the final HM is more than seed noise,
+    and the highest Spearman(objective, final HM) that noise allows. NaN with one seed."""
+    return ceiling_from(spread_and_noise(jobs))
 
 
 def summarise_draw(jobs: list[dict], objective_seeds: tuple[int, ...]) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -274,12 +283,6 @@ def summarise_draw(jobs: list[dict], objective_seeds: tuple[int, ...]) -> tuple[
     summary.update({f"spearman_objective_{k}_seeds_final_hm": objective_seed_validity(jobs, k)
                     for k in objective_seeds})
     return table, summary
-
-
-def draw_reliability(jobs: list[dict]) -> dict[str, float]:
-    """How much of the configurations' spread in the objective and in the final HM is more than seed noise,
-    and the highest Spearman(objective, final HM) that noise allows. NaN with one seed."""
-    return ceiling_from(spread_and_noise(jobs))
 
 
 def pooled_reliability(jobs_by_draw: dict[str, list[dict]]) -> dict[str, float]:
@@ -309,7 +312,10 @@ def read_jobs(paths: list[str], draws: tuple[str, ...] | None) -> dict[str, list
         elif setup != first[1]:
             raise UsageError(f"--from-json: {path} and {first[0]} ran different configurations, datasets or "
                              "seeds; summarise them separately.")
-        for draw in sorted({row["draw"] for row in rows}):
+        for draw in sorted({row.get("draw") for row in rows if isinstance(row, dict)}):
+            if draw not in DRAWS:
+                raise UsageError(f"--from-json: {path} holds rows whose draw is {draw!r}, not one of "
+                                 f"{','.join(DRAWS)}; pass files that `world.draws --json` wrote.")
             if draw in source:
                 raise UsageError(f"--from-json: draw {draw} is in both {source[draw]} and {path}; pass each "
                                  "draw's file once.")
