@@ -241,7 +241,6 @@ class Plan:
     choices: dict[str, tuple[str, ...]]
     defaults: dict[str, Any]  # the first search point
     validate_top: int
-    validate_spread: int
     settings: dict[str, Any]
 
     @property
@@ -336,7 +335,7 @@ def plan(declaration: SweepDeclaration, argv: list[str], prog: str = "sweep") ->
     if "://" not in storage:
         storage = str(Path(storage).expanduser().absolute())
     return Plan(args, declaration, protocol, name, storage, base, scope, num_samples, bounds, choices, defaults,
-                validate_top, args.validate_spread, settings)
+                validate_top, settings)
 
 
 def check_storage(p: Plan) -> None:
@@ -419,8 +418,8 @@ def final_variants(rows: Any, searched: list[str], defaults: dict[str, Any], bas
     from .tables import best_search_trials, evenly_spaced_ranks
 
     ranked = best_search_trials(rows, k=len(rows))
-    spread = [r for r in evenly_spaced_ranks(len(ranked), 1 + validate_spread) if r > validate_top]
-    ranked = ranked.iloc[sorted(set(range(min(1 + validate_top, len(ranked)))) | set(spread))]
+    top = range(min(1 + validate_top, len(ranked)))  # positions, the best first
+    ranked = ranked.iloc[sorted({*top, *evenly_spaced_ranks(len(ranked), 1 + validate_spread)})]
     if ranked.empty:
         raise DualpromptError("No search trial finished all its jobs; fix the failures shown in the search rows "
                               "(column 'error') and rerun.")
@@ -470,7 +469,7 @@ def main(declaration: SweepDeclaration, argv: list[str] | None = None) -> int:
         base_config={k: v for k, v in p.base.to_flat().items() if k not in ("dataset", "seed")},
         scope=p.scope, num_samples=p.num_samples,
         space=partial(define_space, bounds=p.bounds, choices=p.choices), defaults=p.defaults,
-        baselines=p.declaration.baselines, validate_top=p.validate_top, validate_spread=p.validate_spread,
+        baselines=p.declaration.baselines, validate_top=p.validate_top, validate_spread=args.validate_spread,
         ablations=args.ablations,
         sampler_seed=args.sampler_seed, gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial,
         cpus_per_worker=cpus_per_worker, max_concurrent=concurrent, address=args.address,

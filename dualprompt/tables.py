@@ -296,7 +296,7 @@ def objective_validity(rows: pd.DataFrame) -> pd.DataFrame:
     headline = final_objective(rows[rows["stage"] == "final"])
     links = final.groupby("variant")["search_trial_id"].first()
     links = links[[v not in ("mi_only", "aug_only") for v in links.index]]  # ablations are not searched configs
-    links = links.iloc[sorted(range(len(links)), key=lambda i: variant_order(links.index[i]))].drop_duplicates()
+    links = links[sorted(links.index, key=variant_order)].drop_duplicates()  # keeps the first name of a trial
     table = pd.DataFrame({"variant": links.index, "search_trial_id": links.to_numpy()})
     table["objective"] = table["search_trial_id"].map(trials["objective"])
     table["objective_se"] = table["search_trial_id"].map(trials["objective_se"])

@@ -374,36 +374,36 @@ def summarise(paths: list[str], draws: tuple[str, ...] | None, objective_seeds: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dualprompt.errors import DualpromptError
+
     args = parse_args(argv)
+    try:
+        return summarise(args.from_json, args.draws, args.objective_seeds) if args.from_json else run(args)
+    except DualpromptError as error:
+        print(f"python -m dualprompt.world.draws: error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train every draw's jobs, printing each draw as it finishes, then the summary over draws."""
     import torch
 
     from dualprompt.backbone import load_backbone
     from dualprompt.config import Config
     from dualprompt.data.synthetic import OFFLINE_TRAINING
-    from dualprompt.errors import DualpromptError
     from dualprompt.experiment import Experiment
     from dualprompt.storage import write_bytes_atomically
 
-    if args.from_json:
-        try:
-            return summarise(args.from_json, args.draws, args.objective_seeds)
-        except DualpromptError as error:
-            print(f"python -m dualprompt.world.draws: error: {error}", file=sys.stderr)
-            return 2
     torch.set_num_threads(args.threads)
     datasets, seeds, draws = args.datasets, tuple(range(1, args.seeds + 1)), args.draws
     overrides = {k: v for k, v in (("data_root", args.data_root), ("cache_dir", args.cache_dir)) if v}
-    try:
-        if args.smoke:
-            datasets, draws, seeds = SMOKE["datasets"], SMOKE["draws"], SMOKE["seeds"]
-            defaults = {**Config().to_flat(), **OFFLINE_TRAINING, "method": "dualprompt", **SMOKE["config"]}
-            configs = {"defaults": defaults, "other 1": {**defaults, "n_ctx": 8, "mi_weight": 2.0},
-                       "other 2": {**defaults, "n_ctx": 2, "aug_strength": 0.0}}
-        else:
-            configs = sweep_configs(args.sweep, args.configs)
-    except DualpromptError as error:
-        print(f"python -m dualprompt.world.draws: error: {error}", file=sys.stderr)
-        return 2
+    if args.smoke:
+        datasets, draws, seeds = SMOKE["datasets"], SMOKE["draws"], SMOKE["seeds"]
+        defaults = {**Config().to_flat(), **OFFLINE_TRAINING, "method": "dualprompt", **SMOKE["config"]}
+        configs = {"defaults": defaults, "other 1": {**defaults, "n_ctx": 8, "mi_weight": 2.0},
+                   "other 2": {**defaults, "n_ctx": 2, "aug_strength": 0.0}}
+    else:
+        configs = sweep_configs(args.sweep, args.configs)
     side = "" if args.block == FULL_BLOCK else f", blocks cut to {args.block[0]} colours x {args.block[1]} shapes"
     print(f"Class draws {','.join(draws)} (base blocks; AB is the committed world{side}) x {len(configs)} "
           f"configurations ({', '.join(configs)}) x seeds {','.join(map(str, seeds))} x {len(datasets)} datasets",
