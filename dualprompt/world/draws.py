@@ -150,7 +150,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def sweep_configs(folder: str, n: int) -> dict[str, dict]:
     """name -> flat Config fields: the sweep's defaults, then `n` complete search trials at evenly spaced
-    objective ranks (best first), each with every setting its search rows recorded."""
+    objective ranks (best first), each with every setting its search rows recorded; a rank that is the
+    defaults' own trial is left out (the defaults stand for it)."""
     from dualprompt.config import FIELD_TYPE, MACHINE_LOCAL_FIELDS, Config
     from dualprompt.errors import UsageError
     from dualprompt.results import load_results
@@ -174,9 +175,13 @@ def sweep_configs(folder: str, n: int) -> dict[str, dict]:
     else:
         defaults = flat(final_defaults.iloc[0])
     configs = {"defaults": defaults}
+    searched = searched_params(rows)
     for rank in ranks:
         trial_id = trials["trial_id"].iloc[rank]
-        configs[f"rank {rank + 1}"] = flat(search[search["trial_id"] == trial_id].iloc[0])
+        fields = flat(search[search["trial_id"] == trial_id].iloc[0])
+        if all(fields.get(p) == defaults.get(p) for p in searched):
+            continue  # the defaults' own search trial: trained once, as "defaults", so it counts once
+        configs[f"rank {rank + 1}"] = fields
     return configs
 
 
