@@ -33,6 +33,7 @@ from .tables import (
     few_shot_summary,
     final_objective,
     noise_ceiling,
+    objective_seed_noise,
     objective_validity,
     reliability,
     search_trials,
@@ -231,18 +232,27 @@ def _validity(rows: pd.DataFrame, out: Path, protocol) -> list[str]:
 
 
 def _ceiling_words(table: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
-    """How high that correlation could be, given the noise of the objective and of the final numbers."""
+    """How high that correlation could be, given the noise of the objective and of the final numbers. The
+    objective's noise is its spread over search seeds where a trial ran two or more, else its binomial SE
+    (a lower bound: it leaves out training noise)."""
     n_seeds = rows.loc[rows["stage"] == "final", "seed"].nunique()
-    rel_objective = reliability(table["objective"], (table["objective_se"] ** 2).mean())
+    seed_noise, search_seeds = objective_seed_noise(rows, table["search_trial_id"])
+    if math.isnan(seed_noise):
+        objective_noise, source = (table["objective_se"] ** 2).mean(), "the objectives' binomial SE"
+        caveat = (" (training noise, not in the binomial SE, would lower it further; a sweep with two or more "
+                  "`--search-seeds` measures it)")
+    else:
+        objective_noise = seed_noise
+        source, caveat = f"the objectives' spread over their {search_seeds} search seeds", ""
+    rel_objective = reliability(table["objective"], objective_noise)
     rel_final = reliability(table["final"], (table["final_std"] ** 2).mean() / max(n_seeds, 1))
     if math.isnan(rel_objective) or math.isnan(rel_final):
         return []
-    return [f"Noise ceiling: the objectives' binomial SE leaves {rel_objective:.0%} of their spread over these "
-            f"configurations to real differences, the final numbers' seed spread ({n_seeds} seeds) leaves "
-            f"{rel_final:.0%} of theirs, so even a perfect predictor would show a correlation of at most about "
-            f"**{noise_ceiling(rel_objective, rel_final):.2f}** here (training noise, not in the binomial SE, "
-            "would lower it further). Far below it, the objective ranks differently; near it, more seeds or "
-            "more distinct configurations are what would show more.", ""]
+    return [f"Noise ceiling: {source} leaves {rel_objective:.0%} of their spread over these configurations to "
+            f"real differences, the final numbers' seed spread ({n_seeds} seeds) leaves {rel_final:.0%} of "
+            f"theirs, so even a perfect predictor would show a correlation of at most about "
+            f"**{noise_ceiling(rel_objective, rel_final):.2f}** here{caveat}. Far below it, the objective "
+            "ranks differently; near it, more seeds or more distinct configurations are what would show more.", ""]
 
 
 def param_importance(trials: pd.DataFrame, params: list[str], bounds: dict) -> tuple[dict[str, float], str]:

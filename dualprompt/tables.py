@@ -224,6 +224,23 @@ def search_trials(rows: pd.DataFrame) -> pd.DataFrame:
     return trials[columns[:6] + parts + [e.count_column for e in stage.evaluations] + columns[6:]]
 
 
+def objective_seed_noise(rows: pd.DataFrame, trial_ids) -> tuple[float, int]:
+    """The variance a search trial's objective has from its few-shot seeds (its per-seed objectives' variance
+    over the seeds divided by their number, averaged over `trial_ids`) and the fewest seeds one of them ran.
+    Unlike the binomial SE, which counts only which validation images were drawn, this includes training
+    noise. NaN with fewer than two search seeds per trial (the default sweep runs one)."""
+    search = rows[(rows["stage"] == "search") & rows["trial_id"].isin(list(trial_ids))]
+    if search.empty:
+        return math.nan, 0
+    objective = get_protocol(search["protocol"].iloc[0]).search.objective
+    scores = search[objective].astype("float64").where(search["status"] == "ok", 0.0)  # as search_trials scores
+    per_seed = scores.groupby([search["trial_id"], search["seed"]]).mean().unstack()  # [trial, seed]
+    seeds = per_seed.notna().sum(axis=1)
+    if seeds.min() < 2:
+        return math.nan, int(seeds.min())
+    return float((per_seed.var(axis=1, ddof=1) / seeds).mean()), int(seeds.min())
+
+
 def best_search_trials(rows: pd.DataFrame, k: int = 5) -> pd.DataFrame:
     """The k complete search trials with the highest objective, with their configurations (ties: earlier)."""
     trials = search_trials(rows)

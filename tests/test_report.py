@@ -47,8 +47,9 @@ def final(variant: str, dataset: str, seed: int, base: float, new: float, failed
                      metrics={"acc_test_base": base, "acc_test_new": new, "hm_test": hm(base, new)})
 
 
-def search(trial: int, mi_weight: float, n_ctx: int, variant: str, score: float, fold: int = 0) -> ResultRow:
-    config = Config().replace(dataset="synthetic_a", seed=1, mi_weight=mi_weight, n_ctx=n_ctx, aug_variant=variant)
+def search(trial: int, mi_weight: float, n_ctx: int, variant: str, score: float, fold: int = 0,
+           seed: int = 1) -> ResultRow:
+    config = Config().replace(dataset="synthetic_a", seed=seed, mi_weight=mi_weight, n_ctx=n_ctx, aug_variant=variant)
     metrics = {"acc_val_pseudobase": score + 5, "acc_val_pseudonew": score - 5, "hm_val": score}
     return ResultRow("demo", "search", f"s{trial:02d}", config, metrics=metrics, fold=fold, train_s=3.0,
                      counts={"n_val_pseudobase": 32, "n_val_pseudonew": 160}, standard_errors={"hm_val_se": 4.0},
@@ -130,6 +131,24 @@ def test_objective_validity_pairs_each_searched_variant_with_its_trial():
     # The defaults' trial validated again under its rank counts once, as the defaults.
     rows += [final("top4", d, s, 75.0 + s, 60.0, search_trial="s00") for d in "ab" for s in (1, 2)]
     assert sorted(objective_validity(frame(rows))["variant"]) == ["best", "defaults", "top2", "top3"]
+
+
+def test_noise_ceiling_uses_the_objectives_spread_over_search_seeds_when_a_trial_ran_several():
+    # Trial i scores 50 + 4i - 1 on seed 1 and 50 + 4i + 1 on seed 2: a seed variance of 2, so its two-seed
+    # mean has noise variance 1, against a spread of var(50, 54, 58, 62) = 26.67 over the trials: 96% real,
+    # where the binomial SE (4 per job, 2.83 per trial, variance 8) would leave only 70%.
+    rows = [search(i, 0.1 * (i + 1), 2 + i, "mix", 50.0 + 4 * i + (1 if seed == 2 else -1), seed=seed)
+            for i in range(4) for seed in (1, 2)]
+    for variant, trial, base in (("best", "s03", 80.0), ("top2", "s02", 79.0), ("top3", "s01", 70.0),
+                                 ("defaults", "s00", 75.0)):
+        rows += [final(variant, d, s, base + s, 60.0, search_trial=trial) for d in "ab" for s in (1, 2)]
+    table = objective_validity(frame(rows))
+    words = " ".join(_ceiling_words(table, frame(rows)))
+    assert "the objectives' spread over their 2 search seeds leaves 96% of their spread" in words
+    assert "binomial" not in words
+    one_seed = [r for r in rows if r.stage == "final" or r.config.to_flat()["seed"] == 1]
+    assert "the objectives' binomial SE leaves 40%" in " ".join(_ceiling_words(objective_validity(frame(one_seed)),
+                                                                              frame(one_seed)))
 
 
 def test_spearman_interval_is_fisher_z_with_bonett_wright_variance():
