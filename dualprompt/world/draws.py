@@ -17,7 +17,8 @@ ceiling: the highest Spearman the two measures' seed noise would let a perfect o
 over draws (mean ± std).
 
 Configurations: the sweep's dual-view defaults and `--configs` of its complete search trials at evenly
-spaced ranks of their objective (the best first), each with the sweep's own settings. `--block 2x2`
+spaced ranks of their objective (the best first; a rank that is the defaults' own trial runs once, as the
+defaults), each with the sweep's own settings. `--block 2x2`
 keeps 2 colours x 2 shapes of every block (4 classes instead of 9, still word-disjoint; `2x3`: 6), to see
 how the objective's validity depends on how many classes a block holds; `--json` keeps every job's
 metrics, and `--from-json` prints the same tables and summary from one or more such files (draws run in
@@ -83,7 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep", help="a finished base-to-new sweep's folder (its search rows name the "
                         "configurations)")
     parser.add_argument("--configs", type=int, default=6, help="searched configurations, at evenly spaced "
-                        "objective ranks, besides the defaults (default 6)")
+                        "objective ranks, besides the defaults (default 6; one fewer where the defaults' own "
+                        "trial is among them)")
     parser.add_argument("--seeds", type=int, default=2, help="few-shot seeds 1..N (default 2)")
     parser.add_argument("--draws", help=f"comma-separated draws (default {','.join(DRAWS)}; with --from-json, every "
                         "draw the files hold)")
