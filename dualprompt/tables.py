@@ -235,10 +235,17 @@ def objective_seed_noise(rows: pd.DataFrame, trial_ids) -> tuple[float, int]:
     objective = get_protocol(search["protocol"].iloc[0]).search.objective
     scores = search[objective].astype("float64").where(search["status"] == "ok", 0.0)  # as search_trials scores
     per_seed = scores.groupby([search["trial_id"], search["seed"]]).mean().unstack()  # [trial, seed]
+    return seed_noise(per_seed), int(per_seed.notna().sum(axis=1).min())
+
+
+def seed_noise(per_seed: pd.DataFrame) -> float:
+    """The variance one configuration's mean over seeds has from seed noise alone: each row's (configuration's)
+    variance over its seeds (columns) divided by how many it has, averaged over rows. NaN when a row has
+    fewer than two seeds."""
     seeds = per_seed.notna().sum(axis=1)
-    if seeds.min() < 2:
-        return math.nan, int(seeds.min())
-    return float((per_seed.var(axis=1, ddof=1) / seeds).mean()), int(seeds.min())
+    if per_seed.empty or seeds.min() < 2:
+        return math.nan
+    return float((per_seed.var(axis=1, ddof=1) / seeds).mean())
 
 
 def best_search_trials(rows: pd.DataFrame, k: int = 5) -> pd.DataFrame:

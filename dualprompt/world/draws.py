@@ -248,11 +248,12 @@ def spread_and_noise(jobs: list[dict]) -> dict[str, tuple[float, float]]:
     """For the objective and the final HM: (variance of the configurations' means over seeds, the variance
     one such mean has from seed noise alone: each configuration's variance over seeds divided by the seeds,
     averaged). The noise is NaN with one seed."""
+    from dualprompt.tables import seed_noise
+
     out = {}
     for name, table in per_seed_measures(jobs).items():
-        noise = table.var(axis=1, ddof=1).mean() / table.shape[1] if table.shape[1] > 1 else float("nan")
         means = table.mean(axis=1)
-        out[name] = (means.var(ddof=1) if len(means) >= 3 else float("nan"), noise)
+        out[name] = (means.var(ddof=1) if len(means) >= 3 else float("nan"), seed_noise(table))
     return out
 
 
