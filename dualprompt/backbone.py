@@ -245,12 +245,13 @@ class Backbone:
         return F.normalize(pooled, dim=-1)
 
     def shared_prefix_prompts(
-        self, embeddings: torch.Tensor, eot: torch.Tensor, n_prefix: int
+        self, embeddings: torch.Tensor, eot: torch.Tensor, n_prefix: int, prefix_of: torch.Tensor | None = None
     ) -> SharedPrefixPrompts | None:
         """The frozen part of prompts whose first `n_prefix` positions are the same for every prompt (their
         embeddings are given to `encode_shared_prefix` per call): embeddings [N, L, D] (prefix slots are not
-        read), EOT positions [N]. Build once per class list. None when this tower's blocks are not ones
-        shared_prefix.py can run: then encode whole prompts with `encode_embeddings`."""
+        read), EOT positions [N]; prefix_of [N] when K prefixes share the pass (prompt i starts with prefix
+        prefix_of[i]). Build once per class list. None when this tower's blocks are not ones shared_prefix.py
+        can run: then encode whole prompts with `encode_embeddings`."""
         if not self.shares_prefix:
             return None
         if int(eot.min()) < n_prefix:
@@ -260,18 +261,19 @@ class Backbone:
         with torch.no_grad():
             positions = self.text.positional_embedding[n_prefix:length].to(cast_dtype)  # [S, D]
             suffix = embeddings[:, n_prefix:length].to(cast_dtype) + positions  # [N, S, D]
-        return shared_prefix.build_prompts(suffix, eot - n_prefix, n_prefix, self.cfg.text_chunk_size)
+        return shared_prefix.build_prompts(suffix, eot - n_prefix, n_prefix, self.cfg.text_chunk_size, prefix_of)
 
     def encode_shared_prefix(self, prefix: torch.Tensor, prompts: SharedPrefixPrompts) -> torch.Tensor:
         """Text features of prompts `[prefix][own positions]`: prefix [P, D] token embeddings shared by all
-        (the soft prompt's [SOS][ctx]), prompts from `shared_prefix_prompts` -> L2-normalised [N, E].
+        (the soft prompt's [SOS][ctx]), or [K, P, D] for K prefixes, prompts from `shared_prefix_prompts`
+        -> L2-normalised [N, E].
 
         Equals `encode_embeddings` of the whole prompts (exact under the causal mask; tests/test_backbone.py)
         with the prefix computed once. `text_chunk_size` and `checkpoint_text` act as they do there.
         """
         cast_dtype = self.transformer.get_cast_dtype()
         positions = self.text.positional_embedding[: prompts.n_prefix].to(cast_dtype)  # [P, D]
-        prefix = prefix.to(cast_dtype) + positions  # [P, D]
+        prefix = prefix.to(cast_dtype) + positions  # [P, D] or [K, P, D]
         hidden = shared_prefix.encode(self.transformer.resblocks, prefix, prompts, self.cfg.checkpoint_text)
         return self._project(hidden)  # [N, D] at each EOT token -> [N, E]
 

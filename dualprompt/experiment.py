@@ -10,9 +10,11 @@ the target is never trained on.
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,7 +32,7 @@ from .parallel import split_rows
 from .prompt_learner import PromptLearner
 from .prompts import fill, handcrafted_templates
 from .protocols import Evaluation, Stage, get_protocol
-from .train import TrainLog, train_prompt
+from .train import TrainLog, TrainTask, steps_per_epoch, train_prompts
 
 Relabel = Callable[[DatasetSplits], DatasetSplits]
 
@@ -96,6 +98,53 @@ def eval_image_features(store: FeatureStore, items: tuple[Item, ...] | list[Item
     return store.features(items, eval_tf, f"eval-{backbone.image_size}", views=None)
 
 
+@dataclass(frozen=True)
+class JobRequest:
+    """What `Experiment.run` is asked: a job's configuration, stage, protocol, pseudo-split fold, targets and
+    where to save its prompt."""
+
+    cfg: Config
+    stage: str = "final"
+    protocol: str = "base2new"
+    fold: int = 0
+    targets: tuple[str, ...] = ()
+    prompt_path: str | None = None
+
+
+@dataclass
+class PreparedJob:
+    """A job between `Experiment.prepare` and `Experiment.finish`: its class sets and training task."""
+
+    request: JobRequest
+    spec: Stage
+    store: FeatureStore
+    sets: dict[str, DatasetSplits]
+    template: str
+    task: TrainTask | None  # None: zero-shot, nothing to train
+    feature_s: float
+
+
+def joint_groups(jobs: list[PreparedJob | Exception]) -> list[list[int]]:
+    """Indices of the trainable jobs that can train in lockstep, grouped: the same method and optimiser
+    settings, context length and steps per epoch (a trial's jobs of one seed usually are one group)."""
+    groups: dict[tuple, list[int]] = {}
+    for index, job in enumerate(jobs):
+        if isinstance(job, PreparedJob) and job.task is not None:
+            cfg = job.request.cfg
+            key = (cfg.method, cfg.optim, cfg.prompt.n_ctx, steps_per_epoch(job.task, cfg.optim))
+            groups.setdefault(key, []).append(index)
+    return list(groups.values())
+
+
+def _attempt(function: Callable, *args: Any) -> Any:
+    """function(*args), or the exception it raised (its traceback printed: the row keeps one line)."""
+    try:
+        return function(*args)
+    except Exception as exc:  # noqa: BLE001 - a failed job is a row, never a gap
+        traceback.print_exc()
+        return exc
+
+
 class Experiment:
     """Runs jobs on one loaded backbone, reusing it and its feature cache across datasets and seeds.
     `relabel`: see `class_sets` (None: the dataset's own label order, what every command uses)."""
@@ -119,29 +168,69 @@ class Experiment:
             targets: tuple[str, ...] = (), prompt_path: str | None = None) -> JobResult:
         """Train (unless zero-shot) and evaluate one job; save its prompt to `prompt_path` if the stage keeps
         prompts, and evaluate the saved prompt on `targets`."""
-        spec = get_protocol(protocol).stage(stage)
-        if targets and not spec.evaluates_targets:
-            raise UsageError(f"targets: the {stage} stage of {protocol} evaluates no target datasets; use the "
-                             "cross_dataset or domain_generalization protocol's final stage.")
+        job = self.prepare(JobRequest(cfg, stage, protocol, fold, targets, prompt_path))
+        log = train_prompts([job.task], cfg.method, cfg.optim)[0] if job.task else TrainLog()
+        return self.finish(job, log)
+
+    def run_jointly(self, requests: list[JobRequest]) -> list[JobResult | Exception]:
+        """Each job's result, or the exception that stopped it; jobs that can step together train in one text
+        pass per step (`joint_groups`, `train_prompts`).
+
+        Each job's rows equal its `run` up to float round-off. A group whose joint training fails is trained
+        again one job at a time from a fresh start, so one failing job fails alone.
+        """
+        jobs: list[PreparedJob | Exception] = [_attempt(self.prepare, request) for request in requests]
+        logs: dict[int, TrainLog | Exception] = {}
+        for indices in joint_groups(jobs):
+            first = jobs[indices[0]].request.cfg
+            try:
+                trained = train_prompts([jobs[i].task for i in indices], first.method, first.optim)
+                logs.update(zip(indices, trained, strict=True))
+            except Exception:  # noqa: BLE001 - retried alone below, where each job's own error is kept
+                traceback.print_exc()
+                for i in indices:
+                    jobs[i] = _attempt(self.prepare, requests[i])  # a fresh context: the failed pass moved it
+                    if not isinstance(jobs[i], Exception):
+                        job = jobs[i]
+                        logs[i] = _attempt(lambda j=job: train_prompts([j.task], j.request.cfg.method,
+                                                                       j.request.cfg.optim)[0])
+        results: list[JobResult | Exception] = []
+        for i, job in enumerate(jobs):
+            log = logs.get(i, TrainLog())
+            failed = job if isinstance(job, Exception) else log if isinstance(log, Exception) else None
+            results.append(failed or _attempt(self.finish, job, log))
+        return results
+
+    def prepare(self, request: JobRequest) -> PreparedJob:
+        """Everything a job needs before training: its class sets, its learner and training task (None for
+        zero-shot) with their image features."""
+        cfg, spec = request.cfg, get_protocol(request.protocol).stage(request.stage)
+        if request.targets and not spec.evaluates_targets:
+            raise UsageError(f"targets: the {request.stage} stage of {request.protocol} evaluates no target "
+                             "datasets; use the cross_dataset or domain_generalization protocol's final stage.")
         store = FeatureStore(self.backbone, Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
                              enabled=cfg.data.use_feature_cache)
         start = time.perf_counter()  # data: reading (or generating) the dataset and the few-shot sample
-        sets = class_sets(cfg, spec, fold, self.relabel)
+        sets = class_sets(cfg, spec, request.fold, self.relabel)
         train_split = sets[spec.train_classes]
-        size, mean, std = self.backbone.image_size, self.backbone.image_mean, self.backbone.image_std
-        train_tf, _ = build_transforms(size, mean, std, crop_scale=(cfg.data.crop_scale_min, 1.0))
         template = cfg.prompt.template or get_spec(cfg.data.dataset).template
-        learner, log = None, TrainLog()
+        task = None
         if cfg.method.method != "zeroshot":
+            size, mean, std = self.backbone.image_size, self.backbone.image_mean, self.backbone.image_std
+            train_tf, _ = build_transforms(size, mean, std, crop_scale=(cfg.data.crop_scale_min, 1.0))
             learner = PromptLearner(self.backbone, cfg.prompt, torch.Generator().manual_seed(cfg.data.seed))
             views = self._train_views(store, train_split.train, train_tf, cfg)
-            feature_s = time.perf_counter() - start
             labels = torch.tensor([item.label for item in train_split.train])
             handcrafted = self.handcrafted(train_split.classnames, template, cfg.prompt.template_ensemble)
-            log = train_prompt(learner, views, labels, cfg.data.n_views, train_split.classnames, handcrafted,
-                               cfg.method, cfg.optim, cfg.data.seed)
-        else:
-            feature_s = time.perf_counter() - start
+            task = TrainTask(learner, views, labels, cfg.data.n_views, train_split.classnames, handcrafted,
+                             cfg.data.seed)
+        return PreparedJob(request, spec, store, sets, template, task, feature_s=time.perf_counter() - start)
+
+    def finish(self, job: PreparedJob, log: TrainLog) -> JobResult:
+        """Evaluate a (trained) job, save its prompt if the stage keeps prompts, evaluate it on the targets."""
+        cfg, spec, request = job.request.cfg, job.spec, job.request
+        learner = job.task.learner if job.task else None
+        train_split = job.sets[spec.train_classes]
 
         def classifier(names: tuple[str, ...], dataset_template: str) -> torch.Tensor:
             with torch.no_grad():
@@ -150,21 +239,21 @@ class Experiment:
                 return self.handcrafted(names, cfg.prompt.template or dataset_template, cfg.prompt.template_ensemble)
 
         result = JobResult(n_train_classes=len(train_split.classnames), n_train_images=len(train_split.train),
-                           steps=log.steps, loss_terms_by_epoch=log.epoch_terms, feature_s=feature_s,
+                           steps=log.steps, loss_terms_by_epoch=log.epoch_terms, feature_s=job.feature_s,
                            train_s=log.train_s)
-        own = self._evaluate(store, spec, {e: sets[e.classes] for e in spec.evaluations},
-                             lambda names: classifier(names, template))
+        own = self._evaluate(job.store, spec, {e: job.sets[e.classes] for e in spec.evaluations},
+                             lambda names: classifier(names, job.template))
         result.metrics, result.counts, result.standard_errors, result.eval_s = (
             own.metrics, own.counts, own.standard_errors, own.eval_s)
-        if learner is not None and spec.saves_prompt and prompt_path:
+        if learner is not None and spec.saves_prompt and request.prompt_path:
             from .saved_prompt import load_prompt, save_prompt
 
-            trained_on = {"protocol": protocol, "stage": stage, "dataset": cfg.data.dataset, "seed": cfg.data.seed,
-                          "shots": cfg.data.shots, "classnames": list(train_split.classnames)}
-            result.prompt_path = save_prompt(learner, cfg, prompt_path, trained_on, result.metrics)
-            learner = load_prompt(prompt_path, backbone=self.backbone).learner  # targets see the saved file
-        for target in targets:
-            result.targets[target] = self._evaluate_target(store, cfg, spec, target, classifier)
+            trained_on = {"protocol": request.protocol, "stage": request.stage, "dataset": cfg.data.dataset,
+                          "seed": cfg.data.seed, "shots": cfg.data.shots, "classnames": list(train_split.classnames)}
+            result.prompt_path = save_prompt(learner, cfg, request.prompt_path, trained_on, result.metrics)
+            learner = load_prompt(request.prompt_path, backbone=self.backbone).learner  # targets see the saved file
+        for target in request.targets:
+            result.targets[target] = self._evaluate_target(job.store, cfg, spec, target, classifier)
         return result
 
     def _evaluate_target(self, store: FeatureStore, cfg: Config, stage: Stage, target: str, classifier) -> Evaluated:

@@ -69,3 +69,34 @@ class PromptLearner(nn.Module):
         ctx = self.ctx.to(embeddings.dtype).unsqueeze(0).expand(n_cls, -1, -1)  # [C, M, D]
         prompts = torch.cat([embeddings[:, :1], ctx, embeddings[:, 1 + self.n_ctx :]], dim=1)  # [C, L, D]
         return self.backbone.encode_embeddings(prompts, eot)
+
+
+class JointPrompts:
+    """Several learners' soft prompts (one backbone, one context length) encoded in one text pass.
+
+    A trial's jobs each tune their own `ctx` on their own classes; one pass over all their classes pays the
+    per-op cost once instead of once per job. Each job's `[SOS][ctx]` is the prefix of its own classes only
+    (`shared_prefix.py`, several prefixes), so each job's features equal its own pass's up to round-off.
+    """
+
+    def __init__(self, learners: list[PromptLearner], classnames: list[tuple[str, ...]]) -> None:
+        backbone, n_ctx = learners[0].backbone, learners[0].n_ctx
+        if any(learner.backbone is not backbone or learner.n_ctx != n_ctx for learner in learners):
+            raise ValueError("jointly encoded prompts need one backbone and one context length")
+        self.learners, self.classnames = learners, [tuple(names) for names in classnames]
+        self.sizes = [len(names) for names in self.classnames]
+        tokens = [learner._frozen_tokens(names) for learner, names in zip(learners, self.classnames, strict=True)]
+        embeddings = torch.cat([emb for emb, _ in tokens])  # [sum C_j, L, D]
+        eot = torch.cat([positions for _, positions in tokens])  # [sum C_j]
+        jobs = torch.arange(len(learners), device=eot.device)
+        prefix_of = torch.repeat_interleave(jobs, torch.tensor(self.sizes, device=eot.device))  # [sum C_j]
+        self.sos = embeddings[0, :1]  # [1, D]
+        self.suffixes = backbone.shared_prefix_prompts(embeddings, eot, 1 + n_ctx, prefix_of)
+
+    def __call__(self) -> list[torch.Tensor]:
+        """Each learner's soft-prompt features for its own classes: L2-normalised [C_j, E]."""
+        if self.suffixes is None:  # a tower that cannot share prefixes: one pass per learner
+            return [learner(names) for learner, names in zip(self.learners, self.classnames, strict=True)]
+        prefixes = torch.stack([torch.cat([self.sos, learner.ctx.to(self.sos.dtype)]) for learner in self.learners])
+        features = self.learners[0].backbone.encode_shared_prefix(prefixes, self.suffixes)  # [sum C_j, E]
+        return list(features.split(self.sizes))  # [K, 1 + M, D] prefixes -> one [C_j, E] per learner

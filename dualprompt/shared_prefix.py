@@ -15,6 +15,11 @@ prompt's own rows and one fused causal `scaled_dot_product_attention` runs over 
 output rows are taken from prompt 0 (every prompt computes the same ones). At the last layer only the
 EOT rows feed the text feature, so the output projection and MLP run on those N rows alone.
 
+Several prefixes (K jobs' contexts, each shared by its own classes) run in the same pass: the K prefixes'
+rows come first, each prompt's sequence starts with its own prefix's q/k/v (`prefix_of`, a gather instead
+of the broadcast), and each prefix's output rows come from its first prompt. A job's features are the
+same as in a pass of its own up to float round-off (the matrices are larger, so summation order differs).
+
 This reads the weights of open_clip's `ResidualAttentionBlock` (ln_1, the packed in_proj of its
 `nn.MultiheadAttention`, out_proj, ls_1, ln_2, mlp, ls_2) and calls its submodules; `supports` says
 whether a text tower is made of exactly those blocks. `Backbone` owns the rest (positions, the final
@@ -73,6 +78,8 @@ class PromptGroup:
     eot_seq: Tensor  # [N] the same token's row in the pass's [N*(P+S)] per-prompt sequences
     seq_index: Tensor | None  # [N*S] own suffix row of each sequence slot; None: no padding (a view)
     out_index: Tensor | None  # [R] slot in the [N*(P+S)] sequences of each own suffix row; None: no padding
+    prefix_of: Tensor | None = None  # [N] the prefix (0..K-1) of each prompt; None: one prefix for all
+    first_of_prefix: Tensor | None = None  # [K] each prefix's first prompt; only when the pass has the prefix rows
 
     @property
     def n_prompts(self) -> int:
@@ -89,23 +96,29 @@ class SharedPrefixPrompts:
 
     n_prefix: int
     groups: tuple[PromptGroup, ...]
+    n_prefixes: int = 1  # K: prefixes of P positions each, given to `encode` as [K, P, D]
 
 
-def build_prompts(suffix: Tensor, eot: Tensor, n_prefix: int, chunk: int) -> SharedPrefixPrompts:
+def build_prompts(suffix: Tensor, eot: Tensor, n_prefix: int, chunk: int,
+                  prefix_of: Tensor | None = None) -> SharedPrefixPrompts:
     """suffix [C, S, D] (token + positional embeddings after the prefix, padded), eot [C] (EOT position
-    within the suffix); `chunk` prompts per pass (0 or >= C: one pass). Everything here is frozen: built
-    once per class list."""
+    within the suffix); `chunk` prompts per pass (0 or >= C: one pass); prefix_of [C]: each prompt's prefix
+    (0..K-1, every one used; None: one prefix). Everything here is frozen: built once per class list."""
     n_prompts = suffix.shape[0]
+    n_prefixes = 1 if prefix_of is None else int(prefix_of.max()) + 1
+    if prefix_of is not None and len(prefix_of.unique()) != n_prefixes:
+        raise ValueError("prefix_of must use every prefix 0..K-1")
     chunk = chunk if 0 < chunk < n_prompts else n_prompts
     own_prefix = chunk == n_prompts  # one pass: the prefix rows come first among its own rows
     groups = tuple(
-        _group(suffix[start : start + chunk], eot[start : start + chunk], n_prefix, n_prefix if own_prefix else 0)
+        _group(suffix[start : start + chunk], eot[start : start + chunk], n_prefix,
+               n_prefixes * n_prefix if own_prefix else 0, None if prefix_of is None else prefix_of[start:][:chunk])
         for start in range(0, n_prompts, chunk)
     )
-    return SharedPrefixPrompts(n_prefix, groups)
+    return SharedPrefixPrompts(n_prefix, groups, n_prefixes)
 
 
-def _group(suffix: Tensor, eot: Tensor, n_prefix: int, first_row: int) -> PromptGroup:
+def _group(suffix: Tensor, eot: Tensor, n_prefix: int, first_row: int, prefix_of: Tensor | None) -> PromptGroup:
     """One pass over suffix [N, S', D] with EOT positions eot [N]; its own suffix rows start at `first_row`."""
     lengths = eot + 1  # [N] real suffix positions of each prompt
     length = int(lengths.max())  # S: this pass's padded sequence length
@@ -114,6 +127,10 @@ def _group(suffix: Tensor, eot: Tensor, n_prefix: int, first_row: int) -> Prompt
     starts = torch.cumsum(lengths, 0) - lengths  # [N] first own row of each prompt
     prompt = torch.arange(len(eot), device=suffix.device)  # [N]
     padded = not bool(real.all())
+    first_of_prefix = None
+    if prefix_of is not None and first_row > 0:  # the pass computes the prefix rows: from which prompts
+        prefixes = torch.arange(int(prefix_of.max()) + 1, device=suffix.device)  # [K]
+        first_of_prefix = (prefix_of.unsqueeze(0) == prefixes.unsqueeze(1)).int().argmax(dim=1)  # first match
     return PromptGroup(
         suffix=suffix[:, :length][real].contiguous(),  # [R, D]
         eot_row=first_row + starts + eot,
@@ -121,21 +138,28 @@ def _group(suffix: Tensor, eot: Tensor, n_prefix: int, first_row: int) -> Prompt
         # Padding slots take the prompt's EOT row (any real row would do: nothing reads them).
         seq_index=(starts.unsqueeze(1) + torch.minimum(slots, eot.unsqueeze(1))).flatten() if padded else None,
         out_index=(prompt.unsqueeze(1) * (n_prefix + length) + n_prefix + slots)[real] if padded else None,
+        prefix_of=prefix_of,
+        first_of_prefix=first_of_prefix,
     )
 
 
 def encode(blocks: nn.ModuleList, prefix: Tensor, prompts: SharedPrefixPrompts, checkpoint_layers: bool) -> Tensor:
-    """Hidden states at each prompt's EOT token after the last block: prefix [P, D] (with positions) -> [C, D].
+    """Hidden states at each prompt's EOT token after the last block: prefix [K, P, D] (with positions; [P, D]
+    for K = 1) -> [C, D].
 
     Several groups: the prefix runs once, then each group is checkpointed as a whole when gradients
     flow (only its [N, D] output is kept; chunking alone would keep every chunk's graph until backward).
     `checkpoint_layers` also recomputes each layer of a pass in backward (`checkpoint_text`).
     """
+    prefix = prefix.reshape(-1, prefix.shape[-1])  # [K*P, D]: prefix after prefix
+    if prefix.shape[0] != prompts.n_prefixes * prompts.n_prefix:
+        raise ValueError(f"expected {prompts.n_prefixes} prefixes of {prompts.n_prefix} positions, got "
+                         f"{prefix.shape[0]} rows")
     if len(prompts.groups) == 1:
         group = prompts.groups[0]
-        rows = torch.cat([prefix, group.suffix.to(prefix.dtype)])  # [P + R, D]
+        rows = torch.cat([prefix, group.suffix.to(prefix.dtype)])  # [K*P + R, D]
         return _run(blocks, rows, group, None, checkpoint_layers)
-    prefix_qkv = _prefix_qkv(blocks, prefix)
+    prefix_qkv = _prefix_qkv(blocks, prefix, prompts.n_prefixes)
     recompute = torch.is_grad_enabled()
     parts = []
     for group in prompts.groups:
@@ -148,22 +172,24 @@ def encode(blocks: nn.ModuleList, prefix: Tensor, prompts: SharedPrefixPrompts, 
     return torch.cat(parts)  # [C, D]
 
 
-def _prefix_qkv(blocks: nn.ModuleList, x: Tensor) -> list[Tensor]:
-    """The shared prefix alone, one sequence: its packed q/k/v [P, 3D] at every layer."""
+def _prefix_qkv(blocks: nn.ModuleList, x: Tensor, n_prefixes: int) -> list[Tensor]:
+    """The K prefixes alone, one sequence each (x [K*P, D]): their packed q/k/v [K, P, 3D] at every layer."""
     out = []
+    alone = torch.arange(n_prefixes, device=x.device) if n_prefixes > 1 else None  # prefix k is sequence k
     for layer, block in enumerate(blocks):
-        qkv = _qkv(block, x)  # [P, 3D]
+        qkv = _qkv(block, x).view(n_prefixes, -1, x.shape[-1] * 3)  # [K, P, 3D]
         out.append(qkv)
         if layer < len(blocks) - 1:  # the last layer's prefix outputs feed nothing
-            x = _residual(block, x, _attend(block, qkv, qkv[:0], 1)[0])
+            attended = _attend(block, qkv, qkv.new_empty(0, qkv.shape[-1]), n_prefixes, alone)  # [K, P, D]
+            x = _residual(block, x, attended.reshape(x.shape))
     return out
 
 
 def _run(blocks: nn.ModuleList, x: Tensor, group: PromptGroup, prefix_qkv, checkpoint_layers: bool) -> Tensor:
     """All blocks over one pass's own rows x [T, D] -> [N, D] at the EOT rows.
 
-    prefix_qkv None: x holds the P prefix rows, then the suffix rows; else a per-layer list of the
-    prefix's q/k/v [P, 3D], and x holds only suffix rows.
+    prefix_qkv None: x holds the K*P prefix rows, then the suffix rows; else a per-layer list of the
+    prefixes' q/k/v [K, P, 3D], and x holds only suffix rows.
     """
     last = len(blocks) - 1
     for layer, block in enumerate(blocks):
@@ -177,14 +203,16 @@ def _run(blocks: nn.ModuleList, x: Tensor, group: PromptGroup, prefix_qkv, check
 
 def _layer(block: nn.Module, x: Tensor, group: PromptGroup, prefix_qkv: Tensor | None, last: bool) -> Tensor:
     """One residual attention block over a pass's own rows x [T, D] -> [T, D] ([N, D] EOT rows if `last`).
-    T = P + R with the prefix rows first, or R: the suffix rows (R = sum of the prompts' suffix lengths)."""
+    T = K*P + R with the prefix rows first, or R: the suffix rows (R = sum of the prompts' suffix lengths)."""
     qkv = _qkv(block, x)  # [T, 3D]
-    n_prefix = prefix_qkv.shape[0] if prefix_qkv is not None else x.shape[0] - group.suffix.shape[0]
     if prefix_qkv is None:
-        prefix_qkv, qkv = qkv[:n_prefix], qkv[n_prefix:]
+        n_rows = x.shape[0] - group.suffix.shape[0]  # K*P
+        n_prefixes = 1 if group.first_of_prefix is None else group.first_of_prefix.shape[0]
+        prefix_qkv, qkv = qkv[:n_rows].view(n_prefixes, -1, qkv.shape[-1]), qkv[n_rows:]  # [K, P, 3D], [R, 3D]
+    n_prefix = prefix_qkv.shape[1]
     if group.seq_index is not None:  # prompts of different lengths: pad each one's q/k/v to S slots
         qkv = qkv.index_select(0, group.seq_index)  # [N*S, 3D]
-    attended = _attend(block, prefix_qkv, qkv, group.n_prompts)  # [N, P+S, D]
+    attended = _attend(block, prefix_qkv, qkv, group.n_prompts, group.prefix_of)  # [N, P+S, D]
     flat = attended.reshape(-1, attended.shape[-1])  # [N*(P+S), D], a view
     if last:  # only the EOT rows feed the text feature
         return _residual(block, x[group.eot_row], flat[group.eot_seq])  # [N, D]
@@ -192,8 +220,12 @@ def _layer(block: nn.Module, x: Tensor, group: PromptGroup, prefix_qkv: Tensor |
         own = attended[:, n_prefix:].reshape(-1, flat.shape[-1])  # [R, D]
     else:
         own = flat.index_select(0, group.out_index)  # [R, D], the real slots only
-    if x.shape[0] > own.shape[0]:  # the prefix rows are this pass's: prompt 0 computed them like every other
-        own = torch.cat([attended[0, :n_prefix], own])  # [P + R, D]
+    if x.shape[0] > own.shape[0]:  # the prefix rows are this pass's: each prefix's first prompt computed them
+        if group.first_of_prefix is None:
+            prefix_rows = attended[0, :n_prefix]  # [P, D]
+        else:
+            prefix_rows = attended[group.first_of_prefix, :n_prefix].reshape(-1, own.shape[-1])  # [K*P, D]
+        own = torch.cat([prefix_rows, own])  # [K*P + R, D]
     return _residual(block, x, own)
 
 
@@ -203,15 +235,18 @@ def _qkv(block: nn.Module, x: Tensor) -> Tensor:
     return F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
 
 
-def _attend(block: nn.Module, prefix_qkv: Tensor, suffix_qkv: Tensor, n_prompts: int) -> Tensor:
+def _attend(block: nn.Module, prefix_qkv: Tensor, suffix_qkv: Tensor, n_prompts: int,
+            prefix_of: Tensor | None) -> Tensor:
     """Causal attention of each prompt's sequence [prefix][own suffix] -> outputs [N, P+S, D] (before out_proj).
 
-    prefix_qkv [P, 3D] is shared (broadcast, not copied, into every sequence); suffix_qkv [N*S, 3D] (padded).
+    prefix_qkv [K, P, 3D]: with one prefix it is broadcast (not copied) into every sequence, else prompt i
+    takes prefix prefix_of[i]; suffix_qkv [N*S, 3D] (padded).
     """
     width3 = prefix_qkv.shape[-1]
     heads, width = block.attn.num_heads, width3 // 3
     own = suffix_qkv.view(n_prompts, suffix_qkv.shape[0] // n_prompts, width3)  # [N, S, 3D]; S may be 0
-    sequences = torch.cat([prefix_qkv.expand(n_prompts, -1, -1), own], dim=1)  # [N, P+S, 3D]
+    shared = prefix_qkv.expand(n_prompts, -1, -1) if prefix_of is None else prefix_qkv.index_select(0, prefix_of)
+    sequences = torch.cat([shared, own], dim=1)  # [N, P+S, 3D]
     length = sequences.shape[1]
     # Split q/k/v before moving heads forward: unbind's backward then stacks the gradients straight into
     # this [N, L, 3, H, dh] layout (one copy) instead of a stacked layout that needs a second, strided one.

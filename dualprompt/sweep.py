@@ -8,9 +8,10 @@ Three layers, as Ray's Train-in-Tune guide lays them out (Train V2, Ray 2.60):
    Parquet file, then reports the trial's objective to Tune. A single-worker CPU trial runs the jobs in its
    own process ("local mode": no Train controller or worker process to start, the backbone loaded once per
    reused trial process); multi-worker or GPU trials build a Ray Train `TorchTrainer` worker group.
-3. `run_jobs` (the trial process, or each Train worker) runs the trial's jobs in turn, reporting after each
-   with a checkpoint that holds the finished rows, so a restarted trial (Tune's retry) or worker group
-   (Train's) skips them; with N Train workers every job runs data-parallel (`dualprompt.parallel`).
+3. `run_jobs` (the trial process, or each Train worker) runs the trial's jobs group by group (in one
+   process a seed's jobs train together), reporting after each group with a checkpoint that holds the
+   finished rows, so a restarted trial (Tune's retry) or worker group (Train's) skips them; with N Train
+   workers every job runs data-parallel (`dualprompt.parallel`).
 
 Storage under `<storage>/<name>/`: the Parquet rows (`search-<trial>.parquet`, `final-<trial>.parquet`), the
 trained prompts (`_prompts/`), and in `_ray/` Tune's experiment state and Train's checkpoints (pandas and
@@ -49,11 +50,12 @@ from .trial import (
     complete_rows,
     first_line,
     job_config,
+    job_groups,
     maybe_inject_fault,
     process_age_s,
     progress,
     row_job_key,
-    run_job,
+    run_jobs_together,
 )
 
 CHECKPOINT_STATE = "state.json"
@@ -348,7 +350,8 @@ _TRIALS_IN_PROCESS = 0  # trials this process has run (a reused Tune process run
 
 
 def run_jobs(loop: dict[str, Any], session: TrainSession | TuneSession) -> list[dict]:
-    """Run the trial's unfinished jobs one after another, reporting (with the finished rows) after each.
+    """Run the trial's unfinished jobs group after group (`job_groups`: one process trains a seed's jobs
+    together), reporting (with the finished rows) after each group.
 
     With N Train workers every job runs data-parallel on all of them (`dualprompt.parallel`: each worker
     encodes a block of the classes over the process group Train set up, and the context gradient is summed),
@@ -376,12 +379,14 @@ def run_jobs(loop: dict[str, Any], session: TrainSession | TuneSession) -> list[
     except Exception as exc:  # noqa: BLE001 - every job of this trial becomes a failed row
         load_error, timing["backbone_load_s"] = f"{type(exc).__name__}: {first_line(exc)}", 0.0
     finished = {row_job_key(r) for r in rows if r["dataset"] == r["source_dataset"]}
-    for index, job in enumerate(j for j in loop["jobs"] if j.key not in finished):
-        rows.extend(run_job(experiment, load_error, loop, job, restarts, session.rank, session.world, device,
-                             timing))
-        timing = {}
-        _report(rows, starts, loop, session)
-        maybe_inject_fault(session.rank, index, len(loop["jobs"]))
+    groups = job_groups(loop["jobs"], session.world)
+    for index, group in enumerate([j for j in g if j.key not in finished] for g in groups):
+        if group:
+            rows.extend(run_jobs_together(experiment, load_error, loop, group, restarts, session.rank,
+                                          session.world, device, timing))
+            timing = {}
+            _report(rows, starts, loop, session)
+            maybe_inject_fault(session.rank, index, len(groups))
     return rows
 
 

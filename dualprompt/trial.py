@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import resource
 import time
-import traceback
 from typing import Any
 
 from .config import Config
@@ -67,58 +66,96 @@ def prompt_file(loop: dict[str, Any], job: Job) -> str:
             f"{job.dataset.replace('/', '_').replace(':', '_')}-seed{job.seed}-shots{job.shots}.safetensors")
 
 
-def run_job(experiment: Any, load_error: str | None, loop: dict, job: Job, restarts: int, rank: int,
-            world: int, device: Any, timing: dict) -> list[dict]:
-    """The job's own row and one per target: measured, or failed with the error (never a gap)."""
+def job_groups(jobs: tuple[Job, ...] | list[Job], world: int) -> list[list[Job]]:
+    """The trial's jobs in the groups that run together and report once: in one process, the jobs of one
+    seed and shot count (a final trial's datasets; a search trial's datasets and folds), so a crash loses
+    at most one group and a resumed trial forms the same groups; data-parallel ranks, one job each."""
+    if world > 1:
+        return [[job] for job in jobs]
+    groups: dict[tuple[int, int], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.seed, job.shots), []).append(job)
+    return list(groups.values())
+
+
+def run_jobs_together(experiment: Any, load_error: str | None, loop: dict, jobs: list[Job], restarts: int,
+                      rank: int, world: int, device: Any, timing: dict) -> list[dict]:
+    """Each job's own row and one per target: measured, or failed with the error (never a gap).
+
+    In one process the jobs train together (`Experiment.run_jointly`: one text pass per step for all of
+    them); each job's `wall_s` and `train_s` are then its equal share of the group's. Data-parallel ranks
+    run the jobs one at a time.
+    """
     import torch
+
+    from .experiment import JobRequest  # torch: only in processes that run jobs
 
     start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    stage = get_protocol(loop["protocol"]).stage(loop["stage"])
+    configs, errors, requests = [], [], []
+    for job in jobs:
+        try:
+            cfg, error = job_config(loop, job), load_error
+        except Exception as exc:  # noqa: BLE001
+            cfg = Config().replace(dataset=job.dataset, seed=job.seed, shots=job.shots)
+            error = load_error or f"{type(exc).__name__}: {first_line(exc)}"
+        relative = prompt_file(loop, job) if stage.saves_prompt and cfg.method.method != "zeroshot" else None
+        destination = join(loop["rows_dir"], relative) if relative and rank == 0 else None
+        configs.append((cfg, relative))
+        errors.append(error)
+        requests.append(JobRequest(cfg, loop["stage"], loop["protocol"], job.fold, job.targets, destination))
+    runnable = [i for i, error in enumerate(errors) if error is None]
+    results: dict[int, Any] = {}
+    if world > 1:
+        # The other ranks may be inside a job's collectives; going on after a failure would pair them with
+        # the next job's. Let Train restart the group (finished rows are checkpointed); if the job keeps
+        # failing, the trial driver writes its rows as failed.
+        results = {i: experiment.run(**vars(requests[i])) for i in runnable}
+    elif runnable:
+        results = dict(zip(runnable, experiment.run_jointly([requests[i] for i in runnable]), strict=True))
+    rows: list[dict] = []
+    share_s = (time.perf_counter() - start) / max(1, len(jobs))
+    for i, job in enumerate(jobs):
+        result = results.get(i)
+        error = errors[i] or (f"{type(result).__name__}: {first_line(result)}" if isinstance(result, Exception)
+                              else None)
+        job_rows = _result_rows(loop, job, *configs[i], result, error, restarts, world, device)
+        job_rows[0].wall_s = share_s
+        job_rows[0].peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        job_rows[0].peak_cuda_bytes = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        if job_rows[0].status == "ok":  # the process's fixed costs, on the first job it ran
+            job_rows[0].ray_startup_s = timing.get("ray_startup_s", 0.0) if i == 0 else 0.0
+            job_rows[0].backbone_load_s = timing.get("backbone_load_s", 0.0) if i == 0 else 0.0
+        rows.extend(row.to_dict() for row in job_rows)
+    return rows
+
+
+def _result_rows(loop: dict, job: Job, cfg: Config, relative: str | None, result: Any, error: str | None,
+                 restarts: int, world: int, device: Any) -> list[ResultRow]:
+    """A job's own row and one per target from its `JobResult`, or failed rows with `error`."""
+    import torch
+
     common = dict(sweep=loop["sweep"], protocol=loop["protocol"], stage=loop["stage"], trial_id=loop["trial_id"],
                   variant=loop["variant"], search_trial_id=loop["search_trial_id"], fold=job.fold,
                   restarts=restarts, world_size=world,
                   device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
-    try:
-        cfg = job_config(loop, job)
-    except Exception as exc:  # noqa: BLE001
-        cfg = Config().replace(dataset=job.dataset, seed=job.seed, shots=job.shots)
-        load_error = load_error or f"{type(exc).__name__}: {first_line(exc)}"
-    stage = get_protocol(loop["protocol"]).stage(loop["stage"])
-    relative = prompt_file(loop, job) if stage.saves_prompt and cfg.method.method != "zeroshot" else None
-    rows: list[ResultRow] = []
-    if load_error is None:
-        try:
-            destination = join(loop["rows_dir"], relative) if relative and rank == 0 else None
-            result = experiment.run(cfg, loop["stage"], loop["protocol"], job.fold, job.targets, destination)
-            terms = result.loss_terms_by_epoch or [{}]
-            rows.append(ResultRow(config=cfg, metrics=result.metrics, counts=result.counts,
-                                  standard_errors=result.standard_errors, n_train_classes=result.n_train_classes,
-                                  n_train_images=result.n_train_images, steps=result.steps,
-                                  final_loss=result.final_loss, loss_terms=terms[-1], feature_s=result.feature_s,
-                                  train_s=result.train_s, eval_s=result.eval_s, prompt_file=relative,
-                                  ray_startup_s=timing.get("ray_startup_s", 0.0),
-                                  backbone_load_s=timing.get("backbone_load_s", 0.0), **common))
-            for target, evaluated in result.targets.items():
-                rows.append(ResultRow(config=cfg.replace(dataset=target), source_dataset=job.dataset,
-                                      metrics=evaluated.metrics, counts=evaluated.counts,
-                                      standard_errors=evaluated.standard_errors, steps=0, eval_s=evaluated.eval_s,
-                                      prompt_file=relative, **common))
-        except Exception as exc:  # noqa: BLE001 - a failed job is a row, never a gap
-            traceback.print_exc()
-            if world > 1:
-                # The other ranks may be inside this job's collectives; going on would pair them with the
-                # next job's. Let Train restart the group (finished rows are checkpointed); if the job keeps
-                # failing, the trial driver writes its rows as failed.
-                raise
-            load_error = f"{type(exc).__name__}: {first_line(exc)}"
-    if load_error is not None:
-        rows = [ResultRow(config=cfg.replace(dataset=name), source_dataset=job.dataset, status="failed",
-                          error=load_error, **common) for name in (job.dataset, *job.targets)]
-    rows[0].wall_s = time.perf_counter() - start
-    rows[0].peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    rows[0].peak_cuda_bytes = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return [row.to_dict() for row in rows]
+    if error is not None:
+        return [ResultRow(config=cfg.replace(dataset=name), source_dataset=job.dataset, status="failed",
+                          error=error, **common) for name in (job.dataset, *job.targets)]
+    terms = result.loss_terms_by_epoch or [{}]
+    rows = [ResultRow(config=cfg, metrics=result.metrics, counts=result.counts,
+                      standard_errors=result.standard_errors, n_train_classes=result.n_train_classes,
+                      n_train_images=result.n_train_images, steps=result.steps, final_loss=result.final_loss,
+                      loss_terms=terms[-1], feature_s=result.feature_s, train_s=result.train_s,
+                      eval_s=result.eval_s, prompt_file=relative, **common)]
+    for target, evaluated in result.targets.items():
+        rows.append(ResultRow(config=cfg.replace(dataset=target), source_dataset=job.dataset,
+                              metrics=evaluated.metrics, counts=evaluated.counts,
+                              standard_errors=evaluated.standard_errors, steps=0, eval_s=evaluated.eval_s,
+                              prompt_file=relative, **common))
+    return rows
 
 
 def complete_rows(rows: list[dict], loop: dict, error: str) -> list[dict]:
@@ -154,11 +191,11 @@ def first_line(exc: BaseException) -> str:
     return (lines[0] if lines else repr(exc))[:300]
 
 
-def maybe_inject_fault(rank: int, job_index: int, n_jobs: int) -> None:
-    """Test hook: with $DUALPROMPT_FAULT_ONCE=<marker path>, the first rank-0 process of a multi-job trial to
-    create the marker after its first report dies (once: the marker exists from then on)."""
+def maybe_inject_fault(rank: int, group_index: int, n_groups: int) -> None:
+    """Test hook: with $DUALPROMPT_FAULT_ONCE=<marker path>, the first rank-0 process of a trial of several job
+    groups to create the marker after its first report dies (once: the marker exists from then on)."""
     marker = os.environ.get(FAULT_ENV)
-    if not marker or rank != 0 or job_index != 0 or n_jobs < 2:
+    if not marker or rank != 0 or group_index != 0 or n_groups < 2:
         return
     try:
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from dualprompt import shared_prefix
 from dualprompt.backbone import Backbone, load_backbone
 from dualprompt.config import BackboneConfig, ConfigError, PromptConfig
-from dualprompt.prompt_learner import PromptLearner
+from dualprompt.prompt_learner import JointPrompts, PromptLearner
 
 PROMPTS = ["a photo of a dog.", "a photo of a great crested newt, a type of amphibian.", "x."]
 
@@ -219,6 +219,40 @@ def test_shared_prefix_with_a_random_context_equals_whole_prompts(request, model
         torch.testing.assert_close(features, expected[0], atol=1e-5, rtol=0)
         torch.testing.assert_close(grad, expected[1], atol=1e-5, rtol=0)
     assert padded == {True, False}  # passes whose names differ in length (padded slots) and passes without
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("model", ["test_clip", "tiny_clip"])
+def test_several_learners_in_one_pass_equal_their_own_passes(request, model, mode):
+    """`JointPrompts`: three jobs' contexts, each the prefix of its own class list (of other lengths and
+    names), in one pass: each job's features and ctx gradient equal its own pass's to 1e-5; a job's
+    gradient does not depend on the other jobs' classes."""
+    backbone = configured(request.getfixturevalue(model), **MODES[mode])
+    names = class_names(backbone)
+    lists = [names, names[1:4], (names[4], names[0])]
+    learners = [PromptLearner(backbone, PromptConfig(n_ctx=4, ctx_init=""), torch.Generator().manual_seed(seed))
+                for seed in range(3)]
+    weights = [loss_weights(backbone, len(classes)) for classes in lists]
+    joint = JointPrompts(learners, lists)
+    assert joint.suffixes is not None and joint.suffixes.n_prefixes == 3
+    features = joint()
+    loss = sum((w * f).sum() for w, f in zip(weights, features, strict=True))
+    grads = torch.autograd.grad(loss, [learner.ctx for learner in learners])
+    for learner, classes, w, f, g in zip(learners, lists, weights, features, grads, strict=True):
+        own = learner(classes)
+        (own_grad,) = torch.autograd.grad((w * own).sum(), learner.ctx)
+        assert f.shape == own.shape
+        torch.testing.assert_close(f, own, atol=1e-5, rtol=0)
+        torch.testing.assert_close(g, own_grad, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        for f, again in zip(features, joint(), strict=True):
+            torch.testing.assert_close(again, f.detach(), atol=1e-6, rtol=0)
+
+
+def test_jointly_encoded_learners_must_share_the_context_length(tiny_clip):
+    learners = [PromptLearner(tiny_clip, PromptConfig(n_ctx=n, ctx_init="")) for n in (4, 8)]
+    with pytest.raises(ValueError, match="one context length"):
+        JointPrompts(learners, [class_names(tiny_clip)] * 2)
 
 
 def test_towers_without_open_clip_standard_blocks_fall_back_to_whole_prompts(test_clip):

@@ -103,3 +103,13 @@ def test_smoke_command_prints_the_comparison(isolated_dirs):
                   "final training loss", "test accuracy", "GFLOP", "matmul probe", "executed FLOPs",
                   "text step share of the matmul probe", "[SOS][ctx] once", "load average"):
         assert field in out, f"{field!r} missing from:\n{out}"
+
+
+def test_jobs_together_smoke_times_both_ways_of_a_search_trial(isolated_dirs):
+    done = subprocess.run([sys.executable, "-m", "dualprompt.bench", "--jobs-together", "--smoke", "--threads", "1",
+                           "--method", "dualprompt"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "2 search jobs of one trial (1 seed(s) x the offline datasets x 2 folds)" in out, out
+    for field in ("one after another", "together", "mean objective", "faster", "load average"):
+        assert field in out, f"{field!r} missing from:\n{out}"

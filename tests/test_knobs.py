@@ -30,7 +30,7 @@ from dualprompt.features import CachedViews
 from dualprompt.losses import knowledge_guidance, method_loss, mutual_information_nce
 from dualprompt.prompt_learner import PromptLearner
 from dualprompt.tables import summarise
-from dualprompt.train import learning_rate, train_prompt
+from dualprompt.train import TrainTask, learning_rate, train_prompt, train_prompts
 
 SCALE = 20.0  # a logit scale other than 1, so that a dropped scale shows
 CLASSES = ("dog", "cat", "horse")
@@ -293,6 +293,36 @@ def test_logged_epoch_terms_are_the_means_of_their_steps_and_train_s_is_the_loop
     assert log.epoch_terms[0]["ce"] == pytest.approx(float(expected), rel=1e-5)
     assert log.epoch_terms[0]["loss"] == pytest.approx(float(expected), rel=1e-5)
     assert 0 < log.train_s <= elapsed
+
+
+def test_jobs_trained_together_follow_their_own_paths(test_clip):
+    """`train_prompts`: three jobs (other classes, images, views and seeds; the full dual-view loss with its
+    random augmentation) in lockstep end where each ends trained alone, up to float round-off, with the
+    same logged terms; the joint loop's time is shared equally. Lockstep needs equal steps per epoch."""
+    optim = OptimConfig(epochs=3, batch_size=4, lr=0.02, warmup_epochs=1)
+    method = MethodConfig(method="dualprompt", mi_weight=1.0, aug_strength=1.0)
+    classes = [CLASSES, ("lion", "sea lion"), ("red panda", "x", "dog", "newt")]
+    labels = [torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), torch.tensor([0, 1] * 4), torch.tensor([0, 1, 2, 3, 3, 2, 1])]
+
+    def task(j: int, n_images: int | None = None) -> TrainTask:
+        learner = PromptLearner(test_clip, PromptConfig(n_ctx=2, ctx_init=""), torch.Generator().manual_seed(j))
+        job_labels = labels[j] if n_images is None else labels[j].repeat(2)[:n_images]
+        return TrainTask(learner, cached_views(len(job_labels), 2 + j, 64, seed=10 + j), job_labels, 2 + j,
+                         classes[j], unit_rows(len(classes[j]), 64, 20 + j), seed=30 + j)
+
+    alone_tasks, joint_tasks = [task(j) for j in range(3)], [task(j) for j in range(3)]
+    alone = [train_prompts([t], method, optim)[0] for t in alone_tasks]
+    joint = train_prompts(joint_tasks, method, optim)
+    for j, (t, log, own, own_log) in enumerate(zip(joint_tasks, joint, alone_tasks, alone, strict=True)):
+        assert (own.learner.ctx - task(j).learner.ctx).abs().max() > 1e-2  # training moved the context
+        torch.testing.assert_close(t.learner.ctx.detach(), own.learner.ctx.detach(), rtol=1e-4, atol=1e-6)
+        assert log.steps == own_log.steps == 6
+        for terms, own_terms in zip(log.epoch_terms, own_log.epoch_terms, strict=True):
+            assert terms.keys() == own_terms.keys() and {"ce", "mi", "aug", "loss"} <= terms.keys()
+            assert terms == pytest.approx(own_terms, rel=1e-4)
+    assert len({log.train_s for log in joint}) == 1 and joint[0].train_s > 0
+    with pytest.raises(ValueError, match="same number of steps per epoch"):
+        train_prompts([task(0), task(1, n_images=12)], method, optim)  # 2 steps an epoch and 3
 
 
 class RecordingViews:

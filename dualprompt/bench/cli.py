@@ -102,6 +102,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-limit-gib", type=float, default=16.0, help="the accelerator budget to check")
     parser.add_argument("--memory-cap-gib", type=float, default=12.0, help="CPU safety cap: a variant whose RSS "
                         "exceeds it is stopped and reported as above it")
+    parser.add_argument("--jobs-together", action="store_true", help="time a search trial's jobs (the offline "
+                        "datasets x 2 folds x --trial-seeds) trained one after another and together")
+    parser.add_argument("--trial-seeds", type=int, default=1, help="few-shot seeds of --jobs-together's trial")
+    parser.add_argument("--n-ctx", type=int, default=4, help="context length of --jobs-together's jobs")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     defaults = DEFAULTS["tiny-synthetic" if args.backbone == "tiny-synthetic" else "other"]
@@ -190,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         return _child(args, argv)
     print(f"dualprompt.bench: {args.backbone} ({args.pretrained}) on {args.device}; machine: {_machine()}")
     print(f"load average (1, 5, 15 min) at start: {_loadavg()}")
+    if args.jobs_together:
+        from .joint import print_jobs_together, run_jobs_together
+
+        print_jobs_together(run_jobs_together(args), args)
+        print(f"load average at end: {_loadavg()}")
+        return 0
     if args.memory_check:
         results = run_memory_check(args, argv)
         print_memory(results, args.memory_limit_gib)

@@ -15,8 +15,8 @@ reports it), then each criterion of the field's regime with its measured value, 
   - knowledge guidance wins part of it back:      KgCoOp HM >= CoOp HM + 2
   - the Average row can be trusted:               seed std of every method's Average HM <= 1.0
   - one search trial's objective can be trusted:  its binomial standard error <= 1 HM point, for a trial
-    averaging CoOp's search-stage HM over the datasets and the two class folds (pseudo-base A /
-    pseudo-new B, and the swap), from each job's accuracies and validation counts
+    averaging CoOp's search-stage HM over the datasets, the two class folds (pseudo-base A / pseudo-new B,
+    and the swap) and the sweep's offline search seeds (two), from each job's accuracies and counts
 
 Differences are paired by seed (the same few-shot sample), then averaged. Only the baselines run here:
 the world is calibrated on them, never on the dual-view method. Exit code 1 if a criterion fails
@@ -26,6 +26,7 @@ the world is calibrated on them, never on the dual-view method. Exit code 1 if a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dualprompt.evaluate import harmonic_mean, harmonic_mean_se
+from dualprompt.sweep_cli import SEARCH_SEEDS_OFFLINE
 from dualprompt.world.draws import DRAWS, relabel_for
 
 METHODS = ("zeroshot", "coop", "kgcoop")
@@ -222,22 +224,23 @@ def report(rows: list[dict], datasets: tuple[str, ...], seeds: tuple[int, ...]) 
 
 
 def _objective_criterion(search: list[dict], datasets: tuple[str, ...], seeds: tuple[int, ...]) -> Criterion:
-    """Binomial SE of one trial's objective, the mean of HM over its (dataset, fold) jobs, from each job's
-    accuracies and counts (pseudo-base: its few-shot val, min(K, 4) per class; pseudo-new: its few-shot
-    train + val; the two halves of the base classes have equally many classes in the offline world)."""
-    per_seed = []
-    for seed in seeds:
-        variances = []
-        for r in (r for r in search if r["seed"] == seed):
-            n_classes = r["n_train_classes"]
-            n_base = n_classes * min(4, r["n_train_images"] // n_classes)
-            n_new = n_base + r["n_train_images"]
-            se = harmonic_mean_se(r["acc_val_pseudobase"], n_base, r["acc_val_pseudonew"], n_new)
-            variances.append(se**2)
-        per_seed.append(math.sqrt(sum(variances)) / len(variances))
-    mean, std = mean_std(per_seed)
-    return Criterion(f"SE of one search trial's objective ({len(datasets)} datasets x {N_FOLDS} folds, CoOp)",
-                     mean, std, 1.0, False, "HM points")
+    """Binomial SE of one search trial's objective, the mean of HM over its (dataset, fold, search seed) jobs
+    with the sweep's offline default search seeds (k of them), from each job's accuracies and counts
+    (pseudo-base: its few-shot val, min(K, 4) per class; pseudo-new: its few-shot train + val; the two halves
+    of the base classes have equally many classes in the offline world). Every k of the check's seeds make
+    one trial: mean +- std over those trials."""
+    variances: dict[int, list[float]] = {seed: [] for seed in seeds}  # per seed, each job's HM variance
+    for r in search:
+        n_classes = r["n_train_classes"]
+        n_base = n_classes * min(4, r["n_train_images"] // n_classes)
+        n_new = n_base + r["n_train_images"]
+        variances[r["seed"]].append(harmonic_mean_se(r["acc_val_pseudobase"], n_base, r["acc_val_pseudonew"], n_new)**2)
+    k = min(len(SEARCH_SEEDS_OFFLINE), len(seeds))
+    per_trial = [math.sqrt(sum(sum(variances[s]) for s in trial)) / sum(len(variances[s]) for s in trial)
+                 for trial in itertools.combinations(seeds, k)]
+    mean, std = mean_std(per_trial)
+    return Criterion(f"SE of one search trial's objective ({len(datasets)} datasets x {N_FOLDS} folds x {k} "
+                     "seeds, CoOp)", mean, std, 1.0, False, "HM points")
 
 
 def _print_costs(rows: list[dict]) -> None:

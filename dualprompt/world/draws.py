@@ -190,19 +190,30 @@ def sweep_configs(folder: str, n: int) -> dict[str, dict]:
 def run_jobs(experiment, configs: dict[str, dict], datasets: tuple[str, ...], seeds: tuple[int, ...],
              overrides: dict) -> list[dict]:
     """Every job of one draw: the search stage's (both folds) and the final stage's, one dict of metrics each
-    (stage, fold, configuration as `variant`, dataset, seed)."""
+    (stage, fold, configuration as `variant`, dataset, seed). A configuration's jobs of one seed and stage
+    train together, as in a sweep's trial (`Experiment.run_jointly`), so the rows are a sweep's to the digit."""
     from dualprompt.config import Config
+    from dualprompt.experiment import JobRequest
 
     jobs = []
     for name, fields in configs.items():
         for seed in seeds:
-            for dataset in datasets:
-                cfg = Config.from_flat({**fields, **overrides, "dataset": dataset, "seed": seed})
-                job = {"variant": name, "dataset": dataset, "seed": seed}
-                jobs += [{**job, "stage": "search", "fold": f, **experiment.run(cfg, "search", fold=f).metrics}
-                         for f in range(N_FOLDS)]
-                jobs.append({**job, "stage": "final", **experiment.run(cfg, "final").metrics})
+            cfgs = [Config.from_flat({**fields, **overrides, "dataset": d, "seed": seed}) for d in datasets]
+            search = [(cfg, f) for cfg in cfgs for f in range(N_FOLDS)]
+            results = experiment.run_jointly([JobRequest(cfg, "search", fold=f) for cfg, f in search])
+            jobs += [{"variant": name, "dataset": cfg.data.dataset, "seed": seed, "stage": "search", "fold": f,
+                      **_metrics(result)} for (cfg, f), result in zip(search, results, strict=True)]
+            results = experiment.run_jointly([JobRequest(cfg, "final") for cfg in cfgs])
+            jobs += [{"variant": name, "dataset": cfg.data.dataset, "seed": seed, "stage": "final",
+                      **_metrics(result)} for cfg, result in zip(cfgs, results, strict=True)]
     return jobs
+
+
+def _metrics(result) -> dict:
+    """A job's metrics; a failed job stops the measurement (a draw's table needs every job)."""
+    if isinstance(result, Exception):
+        raise result
+    return result.metrics
 
 
 def draw_table(jobs: list[dict]) -> pd.DataFrame:
