@@ -124,7 +124,7 @@ def test_evenly_spaced_ranks_span_best_to_worst():
 def test_final_stage_validates_the_next_ranks_and_a_spread_down_to_the_worst():
     from dualprompt.results import load_results
     from dualprompt.sweep_cli import final_variants
-    from dualprompt.tables import best_search_trials, searched_params
+    from dualprompt.tables import best_search_trials, evenly_spaced_ranks, searched_params
 
     rows = load_results(str(EXAMPLE))
     ranked = best_search_trials(rows, k=len(rows))["trial_id"].tolist()  # the example's 64 complete trials
@@ -143,9 +143,11 @@ def test_final_stage_validates_the_next_ranks_and_a_spread_down_to_the_worst():
     assert searched(4, 4) == {**searched(4, 0), **{f"top{r}": ranked[r - 1] for r in (17, 33, 48, 64)}}
     # A spread rank inside the top ranks is trained once.
     assert searched(20, 4) == {**searched(20, 0), **{f"top{r}": ranked[r - 1] for r in (33, 48, 64)}}
-    # So is the defaults' trial (rank 56 of this search), under the name "defaults".
-    assert ranked.index(first["trial_id"]) == 55 and "top56" not in searched(0, 16)
-    assert len(searched(0, 16)) == 1 + 15
+    # So is the defaults' trial, under the name "defaults": a spread whose ranks include it trains one fewer.
+    defaults_rank = ranked.index(first["trial_id"]) + 1
+    spread = next(k for k in range(2, len(ranked)) if defaults_rank - 1 in evenly_spaced_ranks(len(ranked), 1 + k))
+    assert defaults_rank > 5 and f"top{defaults_rank}" not in searched(0, spread)
+    assert len(searched(0, spread)) == spread  # best and spread - 1 more: the defaults rank is "defaults"
 
 
 def test_the_spread_option_keeps_existing_sweep_names():

@@ -58,8 +58,8 @@ def check_stage_rows(rows, protocol_name: str) -> None:
 def base2new(tmp_path_factory):
     """3 search trials, then best, defaults, the next rank and the worst (a spread of 1 down to rank 3) unless
     one of them is the defaults' trial (trained once, as "defaults"), three baselines and both ablations; a
-    crash injected into a single-process trial after its first job (the final stage has two seeds, so two
-    jobs a trial)."""
+    crash injected into a single-process trial after its first group of jobs, one seed's (the final stage
+    has two seeds, so two groups a trial)."""
     root = tmp_path_factory.mktemp("b2n")
     marker = root / "fault-marker"
     result = sweep("base2new.py", ["--num-samples", "3", "--seeds", "1,2", "--validate-top", "1",

@@ -39,6 +39,46 @@ def test_cached_and_uncached_training_give_the_same_losses(tiny_clip, isolated_d
     assert cached.metrics == pytest.approx(uncached.metrics)
 
 
+def test_jobs_run_jointly_match_jobs_run_alone_and_fail_alone(tiny_clip, isolated_dirs, monkeypatch):
+    """`Experiment.run_jointly`: a search trial's jobs (two datasets x two folds) trained together score as
+    each does alone; a job that cannot start (an unknown dataset) fails alone; and when the joint pass
+    itself fails, every job is trained again alone from a fresh context, so the results stay those of `run`."""
+    from dualprompt import experiment as experiment_module
+    from dualprompt.experiment import JobRequest
+
+    cfg = Config().replace(**{**QUICK, "epochs": 3})
+    requests = [JobRequest(cfg.replace(dataset=d), "search", fold=f)
+                for d in ("synthetic_blurry", "synthetic_sketch") for f in (0, 1)]
+    experiment = Experiment(tiny_clip)
+    alone = [experiment.run(**vars(r)).metrics for r in requests]
+    broken = JobRequest(cfg.replace(dataset="no_such_dataset"), "search")
+    together = experiment.run_jointly([*requests[:2], broken, *requests[2:]])
+    assert isinstance(together[2], Exception) and "no_such_dataset" in str(together[2])
+    for joint, own in zip(together[:2] + together[3:], alone, strict=True):
+        one_image = 100 / joint.counts["n_val_pseudobase"]  # float round-off may flip one prediction at most
+        assert joint.metrics == pytest.approx(own, abs=one_image)
+
+    train_prompts = experiment_module.train_prompts
+
+    def fails_together(tasks, method, optim):
+        if len(tasks) > 1:
+            raise RuntimeError("the joint pass failed")
+        return train_prompts(tasks, method, optim)
+
+    monkeypatch.setattr(experiment_module, "train_prompts", fails_together)
+    retried = experiment.run_jointly(requests)
+    assert [r.metrics for r in retried] == alone  # trained alone from a fresh start: exactly `run`'s rows
+
+
+def test_a_trials_jobs_are_grouped_by_seed_and_shots_in_one_process():
+    from dualprompt.protocols import Job
+    from dualprompt.trial import job_groups
+
+    jobs = [Job(d, seed, 16, fold) for d in ("a", "b") for seed in (1, 2) for fold in (0, 1)]
+    assert job_groups(jobs, world=1) == [[j for j in jobs if j.seed == 1], [j for j in jobs if j.seed == 2]]
+    assert job_groups(jobs, world=2) == [[j] for j in jobs]  # data-parallel: one job at a time
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_mixed_precision_on_cuda_trains_like_fp32(isolated_dirs):

@@ -42,7 +42,8 @@ from dualprompt.world.draws import DRAWS, relabel_for
 METHODS = ("zeroshot", "coop", "kgcoop")
 LABELS = {"zeroshot": "zero-shot CLIP", "coop": "CoOp", "kgcoop": "KgCoOp (weight 8)"}
 N_FOLDS = 2  # class folds of one search trial: pseudo-base A / pseudo-new B, and the swap
-SWEEP_SEARCH_JOBS = 64 * 5 * 2  # the default sweep: 64 trials x 5 datasets x 2 folds (a quarter of the classes)
+# The default sweep: 64 trials x 5 datasets x 2 folds (a quarter of the classes each) x the search seeds.
+SWEEP_SEARCH_JOBS = 64 * 5 * N_FOLDS * len(SEARCH_SEEDS_OFFLINE)
 SWEEP_FINAL_TRAINED_JOBS = 8 * 5 * 3  # about 9 variants (8 trained, zero-shot free) x 5 datasets x 3 seeds
 SMOKE = {"datasets": ("synthetic_blurry",), "seeds": (1,), "config": {"epochs": 2, "shots": 4, "n_views": 2}}
 
@@ -218,7 +219,7 @@ def report(rows: list[dict], datasets: tuple[str, ...], seeds: tuple[int, ...]) 
         value = f"{c.value:6.2f}" + (f" ± {c.spread:4.2f}" if not math.isnan(c.spread) else "       ")
         sign = ">=" if c.higher_is_better else "<="
         note = ", needs 2 seeds or more" if math.isnan(c.value) else ""
-        print(f"  {c.status}  {c.name:<66} {value}  (needs {sign} {c.threshold:g}{note})")
+        print(f"  {c.status}  {c.name:<74} {value}  (needs {sign} {c.threshold:g}{note})")
     _print_costs(rows)
     return criteria
 
@@ -262,8 +263,9 @@ def _print_costs(rows: list[dict]) -> None:
         job_s = lambda jobs: statistics.fmean(r["train_s"] + r["eval_s"] for r in jobs)  # noqa: E731
         total = SWEEP_SEARCH_JOBS * job_s(search) + SWEEP_FINAL_TRAINED_JOBS * job_s(final)
         print(f"\n  The default 64-sample sweep's jobs at this budget ({SWEEP_SEARCH_JOBS} search jobs, about "
-              f"{SWEEP_FINAL_TRAINED_JOBS} trained final jobs): {total / 60:.0f} CPU-minutes of training and "
-              f"evaluation, {total / 120:.0f} minutes on 2 cores (no start-up, features or Ray overhead).")
+              f"{SWEEP_FINAL_TRAINED_JOBS} trained final jobs), trained one at a time: {total / 60:.0f} CPU-minutes "
+              f"of training and evaluation, {total / 120:.0f} minutes on 2 cores (no start-up, features or Ray "
+              "overhead; a sweep trains a seed's jobs together, which takes a search trial about half as long).")
 
 
 if __name__ == "__main__":
