@@ -4,6 +4,7 @@
     python -m dualprompt.bench --backbone ViT-B-16 --pretrained random      # ViT-B-16, few steps (CPU: minutes)
     python -m dualprompt.bench --memory-check                   # one 1000-class ViT-B-16 training step
     python -m dualprompt.bench --smoke                          # seconds; what the tests run
+    python -m dualprompt.bench --jobs-together --method dualprompt  # a search trial's jobs: alone vs together
 
 (a) The field's loop (CoOp/KgCoOp; protocol.md §4 and §9): every step renders the batch's augmented images
     and encodes them through the frozen image tower, and encodes every class prompt over the model's full
@@ -24,5 +25,6 @@ is close to, and at most a little above, what the same tensors take on an accele
 
 Modules: `field_loop` (the field's loop, (a)), `problem` (the job both loops run), `loops` (the two
 loops and the memory step, timed), `measure` (clocks, peak memory, FLOP counts, the matmul probe),
-`output` (the printed tables) and `cli` (the command line; each loop in a fresh process).
+`output` (the printed tables), `joint` (--jobs-together) and `cli` (the command line; each loop in a fresh
+process).
 """
