@@ -136,6 +136,12 @@ def joint_groups(jobs: list[PreparedJob | Exception]) -> list[list[int]]:
     return list(groups.values())
 
 
+def _train_alone(job: PreparedJob) -> TrainLog:
+    """Train one prepared job by itself (an empty log for zero-shot)."""
+    cfg = job.request.cfg
+    return train_prompts([job.task], cfg.method, cfg.optim)[0] if job.task else TrainLog()
+
+
 def _attempt(function: Callable, *args: Any) -> Any:
     """function(*args), or the exception it raised (its traceback printed: the row keeps one line)."""
     try:
@@ -169,8 +175,7 @@ class Experiment:
         """Train (unless zero-shot) and evaluate one job; save its prompt to `prompt_path` if the stage keeps
         prompts, and evaluate the saved prompt on `targets`."""
         job = self.prepare(JobRequest(cfg, stage, protocol, fold, targets, prompt_path))
-        log = train_prompts([job.task], cfg.method, cfg.optim)[0] if job.task else TrainLog()
-        return self.finish(job, log)
+        return self.finish(job, _train_alone(job))
 
     def run_jointly(self, requests: list[JobRequest]) -> list[JobResult | Exception]:
         """Each job's result, or the exception that stopped it; jobs that can step together train in one text
@@ -188,12 +193,10 @@ class Experiment:
                 logs.update(zip(indices, trained, strict=True))
             except Exception:  # noqa: BLE001 - retried alone below, where each job's own error is kept
                 traceback.print_exc()
-                for i in indices:
-                    jobs[i] = _attempt(self.prepare, requests[i])  # a fresh context: the failed pass moved it
-                    if not isinstance(jobs[i], Exception):
-                        job = jobs[i]
-                        logs[i] = _attempt(lambda j=job: train_prompts([j.task], j.request.cfg.method,
-                                                                       j.request.cfg.optim)[0])
+                for i in indices:  # each from a fresh context: the failed pass moved them
+                    jobs[i] = _attempt(self.prepare, requests[i])
+                    if isinstance(jobs[i], PreparedJob):
+                        logs[i] = _attempt(_train_alone, jobs[i])
         results: list[JobResult | Exception] = []
         for i, job in enumerate(jobs):
             log = logs.get(i, TrainLog())

@@ -112,13 +112,15 @@ def build_prompts(suffix: Tensor, eot: Tensor, n_prefix: int, chunk: int,
     own_prefix = chunk == n_prompts  # one pass: the prefix rows come first among its own rows
     groups = tuple(
         _group(suffix[start : start + chunk], eot[start : start + chunk], n_prefix,
-               n_prefixes * n_prefix if own_prefix else 0, None if prefix_of is None else prefix_of[start:][:chunk])
+               n_prefixes * n_prefix if own_prefix else 0, None if prefix_of is None else prefix_of[start:][:chunk],
+               n_prefixes)
         for start in range(0, n_prompts, chunk)
     )
     return SharedPrefixPrompts(n_prefix, groups, n_prefixes)
 
 
-def _group(suffix: Tensor, eot: Tensor, n_prefix: int, first_row: int, prefix_of: Tensor | None) -> PromptGroup:
+def _group(suffix: Tensor, eot: Tensor, n_prefix: int, first_row: int, prefix_of: Tensor | None,
+           n_prefixes: int) -> PromptGroup:
     """One pass over suffix [N, S', D] with EOT positions eot [N]; its own suffix rows start at `first_row`."""
     lengths = eot + 1  # [N] real suffix positions of each prompt
     length = int(lengths.max())  # S: this pass's padded sequence length
@@ -129,7 +131,7 @@ def _group(suffix: Tensor, eot: Tensor, n_prefix: int, first_row: int, prefix_of
     padded = not bool(real.all())
     first_of_prefix = None
     if prefix_of is not None and first_row > 0:  # the pass computes the prefix rows: from which prompts
-        prefixes = torch.arange(int(prefix_of.max()) + 1, device=suffix.device)  # [K]
+        prefixes = torch.arange(n_prefixes, device=suffix.device)  # [K]
         first_of_prefix = (prefix_of.unsqueeze(0) == prefixes.unsqueeze(1)).int().argmax(dim=1)  # first match
     return PromptGroup(
         suffix=suffix[:, :length][real].contiguous(),  # [R, D]

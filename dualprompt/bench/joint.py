@@ -18,8 +18,7 @@ from ..config import Config
 from ..data.synthetic import OFFLINE_TRAINING
 from ..experiment import Experiment, JobRequest
 from ..protocols import get_protocol
-
-N_FOLDS = 2
+from ..world.draws import N_FOLDS
 
 
 def search_requests(args: argparse.Namespace) -> list[JobRequest]:

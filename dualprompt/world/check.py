@@ -35,13 +35,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dualprompt.evaluate import harmonic_mean, harmonic_mean_se
+from dualprompt.evaluate import harmonic_mean, mean_se
 from dualprompt.sweep_cli import SEARCH_SEEDS_OFFLINE
-from dualprompt.world.draws import DRAWS, relabel_for
+from dualprompt.world.draws import DRAWS, N_FOLDS, relabel_for
 
 METHODS = ("zeroshot", "coop", "kgcoop")
 LABELS = {"zeroshot": "zero-shot CLIP", "coop": "CoOp", "kgcoop": "KgCoOp (weight 8)"}
-N_FOLDS = 2  # class folds of one search trial: pseudo-base A / pseudo-new B, and the swap
 # The default sweep: 64 trials x 5 datasets x 2 folds (a quarter of the classes each) x the search seeds.
 SWEEP_SEARCH_JOBS = 64 * 5 * N_FOLDS * len(SEARCH_SEEDS_OFFLINE)
 SWEEP_FINAL_TRAINED_JOBS = 8 * 5 * 3  # about 9 variants (8 trained, zero-shot free) x 5 datasets x 3 seeds
@@ -170,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _row(stage: str, method: str, dataset: str, seed: int, result) -> dict:
     return {"stage": stage, "method": method, "dataset": dataset, "seed": seed, **result.metrics,
+            **result.standard_errors,
             "steps": result.steps, "train_s": round(result.train_s, 3), "eval_s": round(result.eval_s, 3),
             "feature_s": round(result.feature_s, 3), "n_train_images": result.n_train_images,
             "n_train_classes": result.n_train_classes}
@@ -226,19 +226,11 @@ def report(rows: list[dict], datasets: tuple[str, ...], seeds: tuple[int, ...]) 
 
 def _objective_criterion(search: list[dict], datasets: tuple[str, ...], seeds: tuple[int, ...]) -> Criterion:
     """Binomial SE of one search trial's objective, the mean of HM over its (dataset, fold, search seed) jobs
-    with the sweep's offline default search seeds (k of them), from each job's accuracies and counts
-    (pseudo-base: its few-shot val, min(K, 4) per class; pseudo-new: its few-shot train + val; the two halves
-    of the base classes have equally many classes in the offline world). Every k of the check's seeds make
-    one trial: mean +- std over those trials."""
-    variances: dict[int, list[float]] = {seed: [] for seed in seeds}  # per seed, each job's HM variance
-    for r in search:
-        n_classes = r["n_train_classes"]
-        n_base = n_classes * min(4, r["n_train_images"] // n_classes)
-        n_new = n_base + r["n_train_images"]
-        variances[r["seed"]].append(harmonic_mean_se(r["acc_val_pseudobase"], n_base, r["acc_val_pseudonew"], n_new)**2)
+    with the sweep's offline default search seeds (k of them): `evaluate.mean_se` of the jobs' `hm_val_se`,
+    as a sweep's report computes it. Every k of the check's seeds make one trial: mean +- std over those."""
+    job_ses = {seed: [r["hm_val_se"] for r in search if r["seed"] == seed] for seed in seeds}
     k = min(len(SEARCH_SEEDS_OFFLINE), len(seeds))
-    per_trial = [math.sqrt(sum(sum(variances[s]) for s in trial)) / sum(len(variances[s]) for s in trial)
-                 for trial in itertools.combinations(seeds, k)]
+    per_trial = [mean_se([se for seed in trial for se in job_ses[seed]]) for trial in itertools.combinations(seeds, k)]
     mean, std = mean_std(per_trial)
     return Criterion(f"SE of one search trial's objective ({len(datasets)} datasets x {N_FOLDS} folds x {k} "
                      "seeds, CoOp)", mean, std, 1.0, False, "HM points")

@@ -42,7 +42,7 @@ from dualprompt.world.vocab import BLOCK_SIZE, BLOCKS
 LETTERS = "ABCD"[:BLOCKS]
 DRAWS = tuple("".join(pair) for pair in combinations(LETTERS, 2))  # AB AC AD BC BD CD
 CLASSES_PER_BLOCK = BLOCK_SIZE * BLOCK_SIZE
-N_FOLDS = 2
+N_FOLDS = 2  # class folds of one search trial: pseudo-base A / pseudo-new B, and the swap
 SMOKE = {"datasets": ("synthetic_blurry",), "draws": ("AB", "CD"), "seeds": (1,),
          "config": {"epochs": 2, "shots": 4, "n_views": 2}}
 
