@@ -166,11 +166,60 @@ def init_ray(spec: SweepSpec) -> None:
 
 
 def _run_stage(spec: SweepSpec, stage: str) -> int:
+    """Run a stage's missing trials: resume its latest Tune experiment, then (final stage only) start one more
+    for variants no earlier run asked for (a later `--validate-top`, `--validate-spread` or `--ablations`)."""
     variants = _final_variants(spec) if stage == "final" else None
-    expected = spec.num_samples if stage == "search" else len(variants)
-    if len(_stage_files(spec, stage)) >= expected:
-        print(f"[{stage}] already complete: {expected} trials in {spec.rows_dir}")
+    missing = _missing(spec, stage, variants)
+    if not missing:
+        print(f"[{stage}] already complete: {_expected(spec, variants)} trials in {spec.rows_dir}")
         return 0
+    trainable = _trainable(spec, stage)
+    experiments = _experiments(spec, stage)
+    errors: list = []
+    if experiments:
+        print(f"[{stage}] resuming {experiments[-1]}")
+        tuner = ray.tune.Tuner.restore(experiments[-1], trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        errors = tuner.fit().errors
+        missing = _missing(spec, stage, variants)
+    if missing and (stage == "final" or not experiments):
+        name = stage if not experiments else f"{stage}-{len(experiments) + 1}"
+        if experiments:
+            done = len(variants) - len(missing)
+            print(f"[final] adding {', '.join(v['variant'] for v in missing)} to the {done} variant(s) trained")
+        errors = _new_tuner(spec, stage, name, trainable, missing).fit().errors
+        missing = _missing(spec, stage, variants)
+    if missing:
+        shown = "; ".join(str(e).splitlines()[0] for e in errors)[:500]
+        print(f"[{stage}] stopped with {_expected(spec, variants) - len(missing)}/{_expected(spec, variants)} trials "
+              f"written{': ' + shown if shown else ''}. Rerun the same command to resume.")
+        return 130 if not errors else 1
+    return 0
+
+
+def _expected(spec: SweepSpec, variants: list[dict[str, Any]] | None) -> int:
+    return spec.num_samples if variants is None else len(variants)
+
+
+def _missing(spec: SweepSpec, stage: str, variants: list[dict[str, Any]] | None) -> list:
+    """The search: one entry per trial still to write. The final stage: the variants without a row file (a
+    trial's file is written when all its jobs are done, so a variant is either complete or missing)."""
+    files = _stage_files(spec, stage)
+    if variants is None:
+        return [None] * max(0, spec.num_samples - len(files))
+    trained = set(read_results(spec.rows_dir).query("stage == 'final'")["variant"]) if files else set()
+    return [v for v in variants if v["variant"] not in trained]
+
+
+def _experiments(spec: SweepSpec, stage: str) -> list[str]:
+    """The stage's restorable Tune experiments, oldest first: `<stage>`, then `<stage>-2`, `<stage>-3`, ..."""
+    found: list[str] = []
+    while ray.tune.Tuner.can_restore(path := join(spec.ray_dir, stage if not found else f"{stage}-{len(found) + 1}")):
+        found.append(path)
+    return found
+
+
+def _trainable(spec: SweepSpec, stage: str) -> Any:
     protocol = get_protocol(spec.protocol)
     run = {"stage": stage, "sweep": spec.name, "protocol": spec.protocol, "jobs": protocol.jobs(stage, spec.scope),
            "base_config": spec.base_config, "rows_dir": spec.rows_dir, "ray_dir": spec.ray_dir,
@@ -181,22 +230,7 @@ def _run_stage(spec: SweepSpec, stage: str) -> int:
     else:
         driver_resources = {"TRAIN_DRIVER": 1} if ray.cluster_resources().get("TRAIN_DRIVER") else {"CPU": 0.25}
     # Ray: the trainable is a function; the run description rides along by reference.
-    trainable = ray.tune.with_resources(ray.tune.with_parameters(train_driver, run=run), driver_resources)
-    experiment = join(spec.ray_dir, stage)
-    if ray.tune.Tuner.can_restore(experiment):
-        print(f"[{stage}] resuming {experiment}")
-        tuner = ray.tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
-    else:
-        tuner = _new_tuner(spec, stage, trainable, variants)
-    grid = tuner.fit()
-    done = len(_stage_files(spec, stage))
-    if done < expected:
-        errors = "; ".join(str(e).splitlines()[0] for e in grid.errors)[:500]
-        print(f"[{stage}] stopped with {done}/{expected} trials written{': ' + errors if errors else ''}. "
-              "Rerun the same command to resume.")
-        return 130 if not grid.errors else 1
-    return 0
+    return ray.tune.with_resources(ray.tune.with_parameters(train_driver, run=run), driver_resources)
 
 
 def _final_variants(spec: SweepSpec) -> list[dict[str, Any]]:
@@ -207,7 +241,7 @@ def _final_variants(spec: SweepSpec) -> list[dict[str, Any]]:
                           spec.ablations, spec.validate_spread)
 
 
-def _new_tuner(spec: SweepSpec, stage: str, trainable: Any, variants: list[dict] | None) -> ray.tune.Tuner:
+def _new_tuner(spec: SweepSpec, stage: str, name: str, trainable: Any, variants: list) -> ray.tune.Tuner:
     if stage == "search":
         sampler = optuna.samplers.TPESampler(seed=spec.sampler_seed, multivariate=True,
                                              n_startup_trials=max(2, min(10, spec.num_samples // 4)))
@@ -216,8 +250,9 @@ def _new_tuner(spec: SweepSpec, stage: str, trainable: Any, variants: list[dict]
                                 points_to_evaluate=[dict(spec.defaults)], sampler=sampler)
         param_space, num_samples = {}, spec.num_samples
     else:
-        print(f"[final] variants: {', '.join(v['variant'] for v in variants)}; best searched configuration: "
-              f"{ {k: v for k, v in variants[0]['overrides'].items() if k != 'method'} }")
+        best = [{k: v for k, v in x["overrides"].items() if k != "method"} for x in variants if x["variant"] == "best"]
+        print(f"[final] variants: {', '.join(v['variant'] for v in variants)}"
+              f"{f'; best searched configuration: {best[0]}' if best else ''}")
         searcher, param_space, num_samples = None, {"variant": ray.tune.grid_search(variants)}, 1
     return ray.tune.Tuner(
         trainable,
@@ -225,7 +260,7 @@ def _new_tuner(spec: SweepSpec, stage: str, trainable: Any, variants: list[dict]
         tune_config=ray.tune.TuneConfig(search_alg=searcher, metric="objective", mode="max",
                                         num_samples=num_samples, max_concurrent_trials=spec.max_concurrent,
                                         reuse_actors=spec.local_mode),  # Ray: one process, many trials
-        run_config=ray.tune.RunConfig(name=stage, storage_path=spec.ray_dir, verbose=spec.verbose,
+        run_config=ray.tune.RunConfig(name=name, storage_path=spec.ray_dir, verbose=spec.verbose,
                                       failure_config=ray.tune.FailureConfig(
                                           max_failures=spec.max_failures if spec.local_mode else 1),
                                       callbacks=[TrialLine(stage)]),

@@ -221,10 +221,16 @@ def _pick(args_value: str | None, flag: str, real: tuple[str, ...], offline: tup
     return ready or offline
 
 
+# Settings that only add final-stage variants: a later run may ask for more (the final stage then trains the
+# variants it lacks and keeps every row already written), so they do not pin a sweep's identity.
+FINAL_STAGE_SETTINGS = ("validate_top", "validate_spread", "ablations")
+
+
 def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What differs from the settings a sweep was started with. Config fields are compared where both have
     them, so a code update that adds a field (with a default) does not block resuming."""
-    changed = [k for k, v in now.items() if k != "config" and k in saved and saved[k] != v]
+    changed = [k for k, v in now.items()
+               if k not in ("config", *FINAL_STAGE_SETTINGS) and k in saved and saved[k] != v]
     old, new = saved.get("config", {}), now["config"]
     return changed + [f"{k} (config)" for k in sorted(set(old) & set(new)) if old[k] != new[k]]
 

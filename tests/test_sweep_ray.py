@@ -10,6 +10,7 @@ The single-process path and the other protocols are tested in test_sweep_protoco
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,6 +136,30 @@ def test_rerunning_a_finished_sweep_changes_nothing(smoke):
     rows = read_results(smoke["root"] / "results" / "smoke")
     assert len(rows) == len(smoke["rows"]) and before == sorted(
         p.name for p in (smoke["root"] / "results" / "smoke").glob("*.parquet"))
+
+
+@pytest.mark.timeout(300)
+def test_a_finished_sweep_trains_only_the_final_variants_a_later_run_adds(smoke, tmp_path):
+    # A copy of the finished sweep (also a moved sweep folder): more validated configurations and the ablations
+    # asked for afterwards. Single-process trials: the worker-group path is the fixture's.
+    shutil.copytree(smoke["root"] / "results", tmp_path / "results")
+    rows_dir = tmp_path / "results" / "smoke"
+    before = {p.name: p.read_bytes() for p in rows_dir.glob("*.parquet")}
+    args = [*SMOKE, "--seeds", "1,2,3", "--storage-path", str(tmp_path / "results"), "--name", "smoke",
+            "--stage", "final", "--validate-top", "1", "--ablations"]
+    result = sweep(args, sweep_env(smoke["root"]), timeout=280)
+    rows = read_results(rows_dir)
+    final = rows[rows["stage"] == "final"]
+    old = smoke["rows"]
+    best_is_defaults = (old.loc[old["variant"] == "best", "search_trial_id"].iloc[0]
+                        == old.loc[old["variant"] == "defaults", "search_trial_id"].iloc[0])
+    added = {"mi_only", "aug_only"} | ({"top2"} if best_is_defaults else set())  # else rank 2 is the defaults
+    assert set(final["variant"]) == set(old["variant"]) - {"search"} | added
+    assert "[final] adding" in result.stdout and (final.groupby("variant").size() == 3).all()
+    assert all(rows_dir.joinpath(name).read_bytes() == data for name, data in before.items())  # untouched
+    assert not rows.duplicated(list(KEY_COLUMNS)).any() and (rows["status"] == "ok").all()
+    again = sweep(args, sweep_env(smoke["root"]), timeout=110)
+    assert "[final] already complete" in again.stdout and len(read_results(rows_dir)) == len(rows)
 
 
 @pytest.mark.timeout(420)
