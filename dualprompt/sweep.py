@@ -176,18 +176,19 @@ def _run_stage(spec: SweepSpec, stage: str) -> int:
     trainable = _trainable(spec, stage)
     experiments = _experiments(spec, stage)
     errors: list = []
+    tried: set[str] = set()  # variants the resumed experiment holds: retried there, not added again
     if experiments:
         print(f"[{stage}] resuming {experiments[-1]}")
-        tuner = ray.tune.Tuner.restore(experiments[-1], trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
-        errors = tuner.fit().errors
+        grid = ray.tune.Tuner.restore(experiments[-1], trainable=trainable, resume_unfinished=True,
+                                      resume_errored=True).fit()
+        errors, tried = grid.errors, {(r.config or {}).get("variant", {}).get("variant") for r in grid}
         missing = _missing(spec, stage, variants)
-    if missing and (stage == "final" or not experiments):
+    added = missing if not experiments else [v for v in missing if stage == "final" and v["variant"] not in tried]
+    if added:
         name = stage if not experiments else f"{stage}-{len(experiments) + 1}"
-        if experiments:
-            done = len(variants) - len(missing)
-            print(f"[final] adding {', '.join(v['variant'] for v in missing)} to the {done} variant(s) trained")
-        errors = _new_tuner(spec, stage, name, trainable, missing).fit().errors
+        if stage == "final" and len(added) < len(variants):
+            print(f"[final] adding {len(added)} variant(s) to the {len(variants) - len(missing)} already trained")
+        errors = _new_tuner(spec, stage, name, trainable, added).fit().errors
         missing = _missing(spec, stage, variants)
     if missing:
         shown = "; ".join(str(e).splitlines()[0] for e in errors)[:500]
