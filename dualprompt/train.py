@@ -92,7 +92,9 @@ def train_prompts(tasks: list[TrainTask], method: MethodConfig, optim: OptimConf
         for task, generator in zip(tasks, generators, strict=True):
             orders.append(torch.randperm(len(task.labels), generator=generator))
             views_of.append(torch.randint(task.n_views, (len(task.labels),), generator=generator))
-        sums: list[dict[str, float]] = [{} for _ in tasks]
+        # Float64 sums on the device: reading each term with float() every step would wait for a GPU each
+        # time; one read per epoch gives the same numbers (float() is exact and the adds are float64 either way).
+        sums: list[dict[str, torch.Tensor]] = [{} for _ in tasks]
         n_batches = steps_per_epoch(tasks[0], optim)
         for step in range(n_batches):
             # Mixed precision covers the text transformer only; the loss terms are computed in fp32.
@@ -107,14 +109,14 @@ def train_prompts(tasks: list[TrainTask], method: MethodConfig, optim: OptimConf
                                     generators[j], beta_rngs[j])
                 total = terms["loss"].float() if total is None else total + terms["loss"].float()
                 for name, value in terms.items():
-                    sums[j][name] = sums[j].get(name, 0.0) + float(value.detach())
+                    sums[j][name] = sums[j].get(name, 0.0) + value.detach().double()
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             sum_gradients(contexts)  # every rank computed the same loss; each holds its block's part
             optimizer.step()
         for log, task_sums in zip(logs, sums, strict=True):
             log.steps += n_batches
-            log.epoch_terms.append({name: value / n_batches for name, value in task_sums.items()})
+            log.epoch_terms.append({name: value.item() / n_batches for name, value in task_sums.items()})
     share_s = (time.perf_counter() - start) / len(tasks)
     for log in logs:  # the joint loop's time, shared equally: the tasks' train_s sum to the time it took
         log.train_s = share_s
