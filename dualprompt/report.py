@@ -228,7 +228,10 @@ def _validity(rows: pd.DataFrame, out: Path, protocol) -> list[str]:
             f"configurations on the final protocol; Spearman rank correlation between their search objective and "
             f"their final {what}: **{rho:.2f}** (n = {len(table)}{interval}).", "",
             *_ceiling_words(table, rows), frame_markdown(shown.drop(columns=["search_trial_id"])), "",
-            "![objective vs final](objective_validity.png)", ""]
+            "![objective vs final](objective_validity.png)", "",
+            f"To re-train more of this search's configurations: `python sweeps/{protocol.name}.py --name "
+            f"{rows['sweep'].iloc[0]} --stage final --validate-top K` (or `--validate-spread K`), with the sweep's "
+            "other flags; only the variants without rows train.", ""]
 
 
 def _ceiling_words(table: pd.DataFrame, rows: pd.DataFrame) -> list[str]:

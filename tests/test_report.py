@@ -254,6 +254,7 @@ def test_report_command_writes_markdown_and_every_figure(tmp_path):
     assert "CoOp on synthetic_a: 1 failed" in text
     assert "quoted, not reproduced" not in text  # synthetic datasets get no published reference rows
     assert "Spearman rank correlation" in text and "(n = 3)" in text
+    assert "`python sweeps/base2new.py --name demo --stage final --validate-top K`" in text
     assert "What the search bought" in text and "Searched minus defaults" in text
     assert "doing work" in text and "mi_weight in [0.05, 10] (log)" in text
     assert "Importance: Optuna fANOVA importance" in text and "standard error of 4.00 points" in text
