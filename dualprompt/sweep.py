@@ -3,7 +3,8 @@
 Three layers, as Ray's Train-in-Tune guide lays them out (Train V2, Ray 2.60):
 
 1. `run_sweep` (the script's process) starts or joins Ray and runs one Tune experiment per stage:
-   "search" (OptunaSearch, TPE) and "final" (a grid over `sweep_cli.final_variants`).
+   "search" (OptunaSearch, TPE) and "final" (a grid over `sweep_cli.final_variants`); a later run that asks
+   the final stage for more variants adds an experiment ("final-2", ...) that trains only those.
 2. `train_driver` (one Tune trial = one configuration) runs the trial's jobs and writes its rows as one
    Parquet file, then reports the trial's objective to Tune. A single-worker CPU trial runs the jobs in its
    own process ("local mode": no Train controller or worker process to start, the backbone loaded once per
