@@ -102,11 +102,14 @@ def test_help_explains_every_option_in_one_line(tmp_path):
 def test_resumed_sweep_must_keep_its_settings(tmp_path):
     saved = tmp_path / "results" / "fixed" / "_ray" / "sweep.json"
     saved.parent.mkdir(parents=True)
-    saved.write_text('{"seeds": [7], "config": {"epochs": 99}}')  # what an earlier run under this name recorded
+    # What an earlier run under this name recorded; the final stage's variants may grow, so those do not count.
+    saved.write_text('{"seeds": [7], "validate_top": 99, "validate_spread": 9, "ablations": true, '
+                     '"config": {"epochs": 99}}')
     result = run_cli(["--smoke", "--storage-path", str(tmp_path / "results"), "--name", "fixed"], tmp_path)
     assert result.returncode == 2
     assert "was started with different" in result.stderr and "seeds" in result.stderr
     assert "epochs (config)" in result.stderr
+    assert not any(f in result.stderr for f in ("validate_top", "validate_spread", "ablations"))
     assert "RAY_IMPORTED=False" in result.stdout
 
 
