@@ -44,7 +44,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .cluster import MARKER_PREFIX, SHARED_ENV, node_label, probe_storage, storage_verdict
 from .protocols import Scope, get_protocol
-from .results import list_result_files, read_results, rows_to_table, write_rows
+from .results import list_result_files, load_results, read_results, rows_to_table, write_rows
 from .storage import StorageError, join, one_line, open_storage
 from .trial import (
     cached_backbone,
@@ -177,14 +177,16 @@ def _run_stage(spec: SweepSpec, stage: str) -> int:
     trainable = _trainable(spec, stage)
     experiments = _experiments(spec, stage)
     errors: list = []
-    tried: set[str] = set()  # variants the resumed experiment holds: retried there, not added again
+    added = missing
     if experiments:
         print(f"[{stage}] resuming {experiments[-1]}")
         grid = ray.tune.Tuner.restore(experiments[-1], trainable=trainable, resume_unfinished=True,
                                       resume_errored=True).fit()
-        errors, tried = grid.errors, {(r.config or {}).get("variant", {}).get("variant") for r in grid}
-        missing = _missing(spec, stage, variants)
-    added = missing if not experiments else [v for v in missing if stage == "final" and v["variant"] not in tried]
+        errors, missing = grid.errors, _missing(spec, stage, variants)
+        # The search only resumes; the final stage adds the variants the resumed experiment never held (its
+        # own were retried there, so a variant that keeps failing does not start an experiment per rerun).
+        held = {(r.config or {}).get("variant", {}).get("variant") for r in grid} if variants else set()
+        added = [v for v in missing if variants and v["variant"] not in held]
     if added:
         name = stage if not experiments else f"{stage}-{len(experiments) + 1}"
         if stage == "final" and len(added) < len(variants):
@@ -209,7 +211,7 @@ def _missing(spec: SweepSpec, stage: str, variants: list[dict[str, Any]] | None)
     files = _stage_files(spec, stage)
     if variants is None:
         return [None] * max(0, spec.num_samples - len(files))
-    trained = set(read_results(spec.rows_dir).query("stage == 'final'")["variant"]) if files else set()
+    trained = set(load_results(files)["variant"]) if files else set()  # the final stage's own files only
     return [v for v in variants if v["variant"] not in trained]
 
 
