@@ -493,11 +493,12 @@ def test_checkpoint_reproduces_recorded_zero_shot_accuracy_everywhere(isolated_d
 # --- the world check command ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("draw", ["AB", "CD"])
-def test_world_check_smoke_prints_every_criterion(isolated_dirs, draw):
+@pytest.mark.parametrize(("draw", "kg_weight"), [("AB", None), ("CD", "2")])
+def test_world_check_smoke_prints_every_criterion(isolated_dirs, draw, kg_weight):
     result = subprocess.run(
         [sys.executable, "-m", "dualprompt.world.check", "--smoke", "--data-root", str(isolated_dirs / "data"),
-         "--cache-dir", str(isolated_dirs / "features"), "--draw", draw, "--json", str(isolated_dirs / "check.json")],
+         "--cache-dir", str(isolated_dirs / "features"), "--draw", draw, "--json", str(isolated_dirs / "check.json")]
+        + (["--set", f"kg_weight={kg_weight}"] if kg_weight else []),
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -507,7 +508,7 @@ def test_world_check_smoke_prints_every_criterion(isolated_dirs, draw):
     out = result.stdout
     for criterion in ("CoOp base - zero-shot base", "zero-shot new - CoOp new", "KgCoOp HM - CoOp HM",
                       "seed std of zero-shot CLIP Average HM", "seed std of CoOp Average HM",
-                      "seed std of KgCoOp (weight 8) Average HM", "SE of one search trial's objective"):
+                      f"seed std of KgCoOp (weight {kg_weight or 8}) Average HM", "SE of one search trial's objective"):
         line = next((line for line in out.splitlines() if criterion in line), None)
         assert line is not None, f"missing criterion {criterion!r} in:\n{out}"
         assert line.split()[0] in ("PASS", "FAIL", "n/a"), line

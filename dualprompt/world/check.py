@@ -40,7 +40,13 @@ from dualprompt.sweep_cli import SEARCH_SEEDS_OFFLINE
 from dualprompt.world.draws import DRAWS, N_FOLDS, relabel_for
 
 METHODS = ("zeroshot", "coop", "kgcoop")
-LABELS = {"zeroshot": "zero-shot CLIP", "coop": "CoOp", "kgcoop": "KgCoOp (weight 8)"}
+
+
+def method_labels(kg_weight: float) -> dict[str, str]:
+    """Each method's name in the tables; KgCoOp's carries its weight (8, the field's, unless --set changes it)."""
+    return {"zeroshot": "zero-shot CLIP", "coop": "CoOp", "kgcoop": f"KgCoOp (weight {kg_weight:g})"}
+
+
 # The default sweep: 64 trials x 5 datasets x 2 folds (a quarter of the classes each) x the search seeds.
 SWEEP_SEARCH_JOBS = 64 * 5 * N_FOLDS * len(SEARCH_SEEDS_OFFLINE)
 SWEEP_FINAL_TRAINED_JOBS = 8 * 5 * 3  # about 9 variants (8 trained, zero-shot free) x 5 datasets x 3 seeds
@@ -160,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {"overrides": {k: str(v) for k, v in overrides.items()}, "seeds": seeds, "datasets": datasets,
                   "rows": rows}
         write_bytes_atomically(json.dumps(record, indent=1).encode(), str(args.json))
-    criteria = report(rows, datasets, seeds)
+    criteria = report(rows, datasets, seeds, method_labels(cfg.method.kg_weight))
     failed = [c for c in criteria if not c.passed]
     print(f"\n{len(criteria) - len(failed)} of {len(criteria)} criteria pass"
           + (" (smoke budget: not expected to pass)" if args.smoke else "") + ".")
@@ -175,7 +181,8 @@ def _row(stage: str, method: str, dataset: str, seed: int, result) -> dict:
             "n_train_classes": result.n_train_classes}
 
 
-def report(rows: list[dict], datasets: tuple[str, ...], seeds: tuple[int, ...]) -> list[Criterion]:
+def report(rows: list[dict], datasets: tuple[str, ...], seeds: tuple[int, ...],
+           labels: dict[str, str]) -> list[Criterion]:
     """Print the tables and the criteria; return the criteria."""
     final = {(r["method"], r["dataset"], r["seed"]): r for r in rows if r["stage"] == "final"}
     print("\nTest accuracy (percent), mean ± std over seeds; base and new are separate closed-set problems.\n")
@@ -185,7 +192,7 @@ def report(rows: list[dict], datasets: tuple[str, ...], seeds: tuple[int, ...]) 
         for method in METHODS:
             cells = [[final[method, dataset, s][key] for s in seeds] for key in ("acc_test_base", "acc_test_new",
                                                                                  "hm_test")]
-            print(f"| {dataset:<20} | {LABELS[method]:<18} | " + " | ".join(fmt(c) for c in cells) + " |")
+            print(f"| {dataset:<20} | {labels[method]:<18} | " + " | ".join(fmt(c) for c in cells) + " |")
     average: dict[str, dict[str, list[float]]] = {}
     for method in METHODS:
         base = [statistics.fmean(final[method, d, s]["acc_test_base"] for d in datasets) for s in seeds]
@@ -197,7 +204,7 @@ def report(rows: list[dict], datasets: tuple[str, ...], seeds: tuple[int, ...]) 
     print(f"| {'method':<18} | {'base':>11} | {'new':>11} | {'HM':>11} |")
     print(f"|{'-' * 20}|{'-' * 13}|{'-' * 13}|{'-' * 13}|")
     for method in METHODS:
-        print(f"| {LABELS[method]:<18} | " + " | ".join(fmt(average[method][k]) for k in ("base", "new", "hm")) + " |")
+        print(f"| {labels[method]:<18} | " + " | ".join(fmt(average[method][k]) for k in ("base", "new", "hm")) + " |")
 
     def paired(a: list[float], b: list[float]) -> tuple[float, float]:
         return mean_std([x - y for x, y in zip(a, b, strict=True)])
@@ -210,7 +217,7 @@ def report(rows: list[dict], datasets: tuple[str, ...], seeds: tuple[int, ...]) 
     ]
     for method in METHODS:
         std = mean_std(average[method]["hm"])[1]
-        criteria.append(Criterion(f"seed std of {LABELS[method]} Average HM", std, float("nan"), 1.0, False))
+        criteria.append(Criterion(f"seed std of {labels[method]} Average HM", std, float("nan"), 1.0, False))
     search = [r for r in rows if r["stage"] == "search"]
     if search:
         criteria.append(_objective_criterion(search, datasets, seeds))
@@ -220,7 +227,7 @@ def report(rows: list[dict], datasets: tuple[str, ...], seeds: tuple[int, ...]) 
         sign = ">=" if c.higher_is_better else "<="
         note = ", needs 2 seeds or more" if math.isnan(c.value) else ""
         print(f"  {c.status}  {c.name:<74} {value}  (needs {sign} {c.threshold:g}{note})")
-    _print_costs(rows)
+    _print_costs(rows, labels)
     return criteria
 
 
@@ -236,7 +243,7 @@ def _objective_criterion(search: list[dict], datasets: tuple[str, ...], seeds: t
                      "seeds, CoOp)", mean, std, 1.0, False, "HM points")
 
 
-def _print_costs(rows: list[dict]) -> None:
+def _print_costs(rows: list[dict], labels: dict[str, str]) -> None:
     """Steps/s and seconds per job, and what the default sweep's jobs cost at this budget."""
     print("\nCost per job (this machine, these threads; train = the training loop only):\n")
     per: dict[tuple[str, str], list[dict]] = {}
@@ -247,7 +254,7 @@ def _print_costs(rows: list[dict]) -> None:
         train_s = statistics.fmean(r["train_s"] for r in jobs)
         steps = statistics.fmean(r["steps"] for r in jobs)
         eval_s = statistics.fmean(r["eval_s"] for r in jobs)
-        print(f"  {stage:<6} {LABELS[method]:<18} {steps:5.0f} steps, {train_s:6.2f} s training "
+        print(f"  {stage:<6} {labels[method]:<18} {steps:5.0f} steps, {train_s:6.2f} s training "
               f"({steps / train_s:5.1f} steps/s), {eval_s:5.2f} s eval, {len(jobs)} jobs")
     search = per.get(("search", "coop"))
     final = per.get(("final", "coop"), []) + per.get(("final", "kgcoop"), [])
