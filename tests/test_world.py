@@ -493,7 +493,7 @@ def test_checkpoint_reproduces_recorded_zero_shot_accuracy_everywhere(isolated_d
 # --- the world check command ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("draw", "kg_weight"), [("AB", None), ("CD", "2")])
+@pytest.mark.parametrize(("draw", "kg_weight"), [("AB", None), ("CD", "12.75")])
 def test_world_check_smoke_prints_every_criterion(isolated_dirs, draw, kg_weight):
     result = subprocess.run(
         [sys.executable, "-m", "dualprompt.world.check", "--smoke", "--data-root", str(isolated_dirs / "data"),
@@ -513,6 +513,10 @@ def test_world_check_smoke_prints_every_criterion(isolated_dirs, draw, kg_weight
         assert line is not None, f"missing criterion {criterion!r} in:\n{out}"
         assert line.split()[0] in ("PASS", "FAIL", "n/a"), line
     assert "| synthetic_blurry" in out and "Average over 1 datasets" in out
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| dataset"))
+    table = lines[start:start + 5]  # header, rule, the three methods: their columns stay aligned
+    assert table[-1].startswith("| synthetic_blurry") and len({len(line) for line in table}) == 1, table
     assert "steps/s" in out and "criteria pass" in out
     assert ("class draw CD (base = blocks C + D)" in out) == (draw == "CD")
 

@@ -186,13 +186,14 @@ def report(rows: list[dict], datasets: tuple[str, ...], seeds: tuple[int, ...],
     """Print the tables and the criteria; return the criteria."""
     final = {(r["method"], r["dataset"], r["seed"]): r for r in rows if r["stage"] == "final"}
     print("\nTest accuracy (percent), mean ± std over seeds; base and new are separate closed-set problems.\n")
-    print(f"| {'dataset':<20} | {'method':<18} | {'base':>11} | {'new':>11} | {'HM':>11} |")
-    print(f"|{'-' * 22}|{'-' * 20}|{'-' * 13}|{'-' * 13}|{'-' * 13}|")
+    w = max(18, *map(len, labels.values()))  # the method column, wider only for a long KgCoOp weight
+    print(f"| {'dataset':<20} | {'method':<{w}} | {'base':>11} | {'new':>11} | {'HM':>11} |")
+    print(f"|{'-' * 22}|{'-' * (w + 2)}|{'-' * 13}|{'-' * 13}|{'-' * 13}|")
     for dataset in datasets:
         for method in METHODS:
             cells = [[final[method, dataset, s][key] for s in seeds] for key in ("acc_test_base", "acc_test_new",
                                                                                  "hm_test")]
-            print(f"| {dataset:<20} | {labels[method]:<18} | " + " | ".join(fmt(c) for c in cells) + " |")
+            print(f"| {dataset:<20} | {labels[method]:<{w}} | " + " | ".join(fmt(c) for c in cells) + " |")
     average: dict[str, dict[str, list[float]]] = {}
     for method in METHODS:
         base = [statistics.fmean(final[method, d, s]["acc_test_base"] for d in datasets) for s in seeds]
@@ -201,10 +202,10 @@ def report(rows: list[dict], datasets: tuple[str, ...], seeds: tuple[int, ...],
         average[method] = {"base": base, "new": new, "hm": hm}
     print(f"\nAverage over {len(datasets)} datasets (per seed: HM of the averaged base and new), "
           f"mean ± std over {len(seeds)} seeds:\n")
-    print(f"| {'method':<18} | {'base':>11} | {'new':>11} | {'HM':>11} |")
-    print(f"|{'-' * 20}|{'-' * 13}|{'-' * 13}|{'-' * 13}|")
+    print(f"| {'method':<{w}} | {'base':>11} | {'new':>11} | {'HM':>11} |")
+    print(f"|{'-' * (w + 2)}|{'-' * 13}|{'-' * 13}|{'-' * 13}|")
     for method in METHODS:
-        print(f"| {labels[method]:<18} | " + " | ".join(fmt(average[method][k]) for k in ("base", "new", "hm")) + " |")
+        print(f"| {labels[method]:<{w}} | " + " | ".join(fmt(average[method][k]) for k in ("base", "new", "hm")) + " |")
 
     def paired(a: list[float], b: list[float]) -> tuple[float, float]:
         return mean_std([x - y for x, y in zip(a, b, strict=True)])
@@ -254,7 +255,7 @@ def _print_costs(rows: list[dict], labels: dict[str, str]) -> None:
         train_s = statistics.fmean(r["train_s"] for r in jobs)
         steps = statistics.fmean(r["steps"] for r in jobs)
         eval_s = statistics.fmean(r["eval_s"] for r in jobs)
-        print(f"  {stage:<6} {labels[method]:<18} {steps:5.0f} steps, {train_s:6.2f} s training "
+        print(f"  {stage:<6} {labels[method]:<20} {steps:5.0f} steps, {train_s:6.2f} s training "
               f"({steps / train_s:5.1f} steps/s), {eval_s:5.2f} s eval, {len(jobs)} jobs")
     search = per.get(("search", "coop"))
     final = per.get(("final", "coop"), []) + per.get(("final", "kgcoop"), [])
