@@ -185,8 +185,8 @@ def _run_stage(spec: SweepSpec, stage: str) -> int:
         errors, missing = grid.errors, _missing(spec, stage, variants)
         # The search only resumes; the final stage adds the variants the resumed experiment never held (its
         # own were retried there, so a variant that keeps failing does not start an experiment per rerun).
-        held = {(r.config or {}).get("variant", {}).get("variant") for r in grid} if variants else set()
-        added = [v for v in missing if variants and v["variant"] not in held]
+        held = {(r.config or {}).get("variant", {}).get("variant") for r in grid}
+        added = [v for v in missing if v["variant"] not in held] if variants else []
     if added:
         name = stage if not experiments else f"{stage}-{len(experiments) + 1}"
         if stage == "final" and len(added) < len(variants):

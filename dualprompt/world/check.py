@@ -228,7 +228,7 @@ def report(rows: list[dict], datasets: tuple[str, ...], seeds: tuple[int, ...],
         sign = ">=" if c.higher_is_better else "<="
         note = ", needs 2 seeds or more" if math.isnan(c.value) else ""
         print(f"  {c.status}  {c.name:<74} {value}  (needs {sign} {c.threshold:g}{note})")
-    _print_costs(rows, labels)
+    _print_costs(rows, labels, w)
     return criteria
 
 
@@ -244,7 +244,7 @@ def _objective_criterion(search: list[dict], datasets: tuple[str, ...], seeds: t
                      "seeds, CoOp)", mean, std, 1.0, False, "HM points")
 
 
-def _print_costs(rows: list[dict], labels: dict[str, str]) -> None:
+def _print_costs(rows: list[dict], labels: dict[str, str], width: int) -> None:
     """Steps/s and seconds per job, and what the default sweep's jobs cost at this budget."""
     print("\nCost per job (this machine, these threads; train = the training loop only):\n")
     per: dict[tuple[str, str], list[dict]] = {}
@@ -255,7 +255,7 @@ def _print_costs(rows: list[dict], labels: dict[str, str]) -> None:
         train_s = statistics.fmean(r["train_s"] for r in jobs)
         steps = statistics.fmean(r["steps"] for r in jobs)
         eval_s = statistics.fmean(r["eval_s"] for r in jobs)
-        print(f"  {stage:<6} {labels[method]:<20} {steps:5.0f} steps, {train_s:6.2f} s training "
+        print(f"  {stage:<6} {labels[method]:<{width}} {steps:5.0f} steps, {train_s:6.2f} s training "
               f"({steps / train_s:5.1f} steps/s), {eval_s:5.2f} s eval, {len(jobs)} jobs")
     search = per.get(("search", "coop"))
     final = per.get(("final", "coop"), []) + per.get(("final", "kgcoop"), [])
