@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,12 @@ class Backbone:
     @property
     def transformer(self) -> nn.Module:
         return self.text.transformer
+
+    def text_autocast(self) -> AbstractContextManager:
+        """bf16 autocast for text-tower passes when `precision=amp` on CUDA; elsewhere a no-op (float32)."""
+        if self.cfg.precision == "amp" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
 
     @property
     def key(self) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,7 +81,6 @@ def train_prompts(tasks: list[TrainTask], method: MethodConfig, optim: OptimConf
     beta_rngs = [np.random.default_rng(task.seed) for task in tasks]
     contexts = [task.learner.ctx for task in tasks]
     optimizer = torch.optim.SGD(contexts, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-    use_amp = tasks[0].learner.backbone.cfg.precision == "amp" and device.type == "cuda"
     joint = JointPrompts([t.learner for t in tasks], [t.classnames for t in tasks]) if len(tasks) > 1 else None
     logs, start = [TrainLog() for _ in tasks], time.perf_counter()
     for epoch in range(optim.epochs):
@@ -98,7 +96,7 @@ def train_prompts(tasks: list[TrainTask], method: MethodConfig, optim: OptimConf
         n_batches = steps_per_epoch(tasks[0], optim)
         for step in range(n_batches):
             # Mixed precision covers the text transformer only; the loss terms are computed in fp32.
-            with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
+            with tasks[0].learner.backbone.text_autocast():
                 soft_features = joint() if joint else [_soft_features(tasks[0])]  # [C_j, E] each
             total = None
             for j, task in enumerate(tasks):

@@ -292,3 +292,36 @@ def test_shared_prefix_under_bf16_autocast_matches_whole_prompts(tiny_clip):
     (whole_grad,) = torch.autograd.grad((weights * whole.float()).sum(), learner.ctx)
     torch.testing.assert_close(shared.float(), whole.float(), atol=2**-7, rtol=0)
     torch.testing.assert_close(grad, whole_grad, atol=2**-7, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "amp"])
+@pytest.mark.parametrize("model", ["test_clip", "tiny_clip"])
+def test_shared_prefix_on_cuda_matches_whole_prompts_and_the_cpu(request, model, precision):
+    """On CUDA (cuBLAS, the GPU's fused attention kernels): the shared-prefix pass equals whole prompts and
+    the CPU's float32 result to 1e-5 in float32. Under training's bf16 autocast (`text_autocast`) it equals
+    whole prompts to two bf16 steps at 1.0 (as the CPU autocast test above), and the CPU's float32 to four
+    (bf16 against float32 is 0.0052 at most on the CPU's autocast, for these two towers)."""
+    base = request.getfixturevalue(model)
+    backbone = load_backbone(replace(base.cfg, precision=precision), "cuda")
+    backbone.model.load_state_dict(base.model.state_dict())
+    assert backbone.shares_prefix
+    names = class_names(base)
+    weights = loss_weights(base, len(names))
+    cpu = PromptLearner(base, PromptConfig(n_ctx=4, ctx_init=""), torch.Generator().manual_seed(0))
+    cpu_features, cpu_grad = features_and_ctx_gradient(lambda c: whole_prompts(cpu, names, c), cpu.ctx, weights)
+    learner = PromptLearner(backbone, PromptConfig(n_ctx=4, ctx_init=""), torch.Generator().manual_seed(0))
+    with backbone.text_autocast():
+        shared = learner(names)
+        whole = whole_prompts(learner, names, learner.ctx)
+    bf16_ran = (shared.detach().float().cpu() - cpu_features).abs().max() > 1e-4  # far above float32 round-off
+    assert bf16_ran == (precision == "amp")
+    cuda_weights = weights.cuda()
+    (grad,) = torch.autograd.grad((cuda_weights * shared.float()).sum(), learner.ctx)
+    (whole_grad,) = torch.autograd.grad((cuda_weights * whole.float()).sum(), learner.ctx)
+    amp = precision == "amp"
+    for features, ctx_grad, tolerance in ((whole, whole_grad, 2**-7 if amp else 1e-5),
+                                          (cpu_features, cpu_grad, 2**-6 if amp else 1e-5)):
+        torch.testing.assert_close(shared.float().cpu(), features.float().cpu(), atol=tolerance, rtol=0)
+        torch.testing.assert_close(grad.cpu(), ctx_grad.cpu(), atol=tolerance, rtol=0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..backbone import load_backbone
-from ..config import BackboneConfig
+from ..config import PRECISIONS, BackboneConfig
 from ..prompt_learner import PromptLearner
 from .loops import LOOPS, memory_step
 from .measure import GIB, matmul_flops_per_s, proc_status_kib, prompt_length, shared_prefix_flops, text_encoder_flops
@@ -54,7 +54,8 @@ def _run_child(argv: list[str], child: str) -> dict:
 def _machine() -> str:
     threads = torch.get_num_threads()
     cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({threads} threads)"
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} CPUs{gpu}, torch {torch.__version__} ({threads} threads)"
 
 
 def _loadavg() -> str:
@@ -77,6 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pretrained", default="", help="tag or checkpoint; default: the tiny CLIP's own "
                         "weights when shipped, else random (only the cost is measured)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="amp = bf16 autocast of the text "
+                        "tower on CUDA, as training's precision=amp (float32 on a CPU)")
     parser.add_argument("--dataset", default="synthetic_blurry")
     parser.add_argument("--data-root", default="")
     parser.add_argument("--method", default="coop", help="coop, kgcoop or dualprompt (the same in both loops)")
@@ -133,7 +136,8 @@ def _default_pretrained(backbone: str) -> str:
 
 def _problem(args: argparse.Namespace) -> Problem:
     torch.manual_seed(args.seed)
-    backbone = load_backbone(BackboneConfig(backbone=args.backbone, pretrained=args.pretrained), args.device)
+    cfg = BackboneConfig(backbone=args.backbone, pretrained=args.pretrained, precision=args.precision)
+    backbone = load_backbone(cfg, args.device)
     return build_problem(backbone, args.dataset, args.data_root, args.shots, args.classes, args.views,
                          args.batch_size, args.steps, args.test_images, args.method, args.lr, args.seed)
 
@@ -162,7 +166,7 @@ def _child(args: argparse.Namespace, argv: list[str]) -> int:
         payload = {"variant": variant, "classes": int(classes)}
         if args.device == "cpu":
             _rss_watchdog(int(args.memory_cap_gib * GIB), payload)
-        result = memory_step(variant, int(classes), args.backbone, args.pretrained, args.device)
+        result = memory_step(variant, int(classes), args.backbone, args.pretrained, args.device, args.precision)
     else:
         problem = _problem(args)
         result = {**LOOPS[args.child](problem), **problem_meta(problem)}
@@ -192,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.child:
         return _child(args, argv)
-    print(f"dualprompt.bench: {args.backbone} ({args.pretrained}) on {args.device}; machine: {_machine()}")
+    print(f"dualprompt.bench: {args.backbone} ({args.pretrained}) on {args.device}, {args.precision}; "
+          f"machine: {_machine()}")
     print(f"load average (1, 5, 15 min) at start: {_loadavg()}")
     if args.jobs_together:
         from .joint import print_jobs_together, run_jobs_together
@@ -219,8 +224,11 @@ def main(argv: list[str] | None = None) -> int:
           f"({meta['epochs']} epochs), {' + '.join(map(str, meta['test_images']))} base + new test images, "
           f"method {args.method}; "
           f"{args.repeats} run(s) of each loop, {'in this process' if args.in_process else 'each in a fresh process'}")
-    device, size = torch.device(args.device), 256 if args.smoke else 2048
+    device = torch.device(args.device)
+    size = 256 if args.smoke else 8192 if device.type == "cuda" else 2048  # a GPU needs a large one to be busy
+    dtype = torch.bfloat16 if args.precision == "amp" and device.type == "cuda" else torch.float32
+    probe = f"{size}x{size} {str(dtype).removeprefix('torch.')} matmul probe"
     probe_cpu = matmul_flops_per_s(device, n=size, clock=time.process_time) if device.type == "cpu" else None
-    print_comparison(runs, meta, (matmul_flops_per_s(device, n=size), probe_cpu))
+    print_comparison(runs, meta, (matmul_flops_per_s(device, n=size, dtype=dtype), probe_cpu), probe)
     print(f"load average at end: {_loadavg()}")
     return 0

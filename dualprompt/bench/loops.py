@@ -83,9 +83,9 @@ MEMORY_VARIANTS: dict[str, str] = {
 
 
 def memory_step(variant: str, n_classes: int, backbone_name: str, pretrained: str, device: str,
-                batch: int = 32) -> dict:
+                precision: str = "fp32", batch: int = 32) -> dict:
     """One training step of the soft prompt over `n_classes` ImageNet class names; its peak memory."""
-    cfg = BackboneConfig(backbone=backbone_name, pretrained=pretrained,
+    cfg = BackboneConfig(backbone=backbone_name, pretrained=pretrained, precision=precision,
                          text_chunk_size=MEMORY_CHUNK if variant == "chunk" else 0,
                          checkpoint_text=variant == "checkpoint")
     torch.manual_seed(0)
@@ -101,7 +101,8 @@ def memory_step(variant: str, n_classes: int, backbone_name: str, pretrained: st
     labels = torch.randint(n_classes, (batch,), device=backbone.device)
     with PeakMemory(backbone.device) as memory:
         start = time.perf_counter()
-        soft = learner(names)
+        with backbone.text_autocast():  # as in training: the text tower only, the loss in float32
+            soft = learner(names).float()
         F.cross_entropy(backbone.logit_scale * features @ soft.T, labels).backward()
         sync(backbone.device)
         step_s = time.perf_counter() - start

@@ -113,10 +113,10 @@ def shared_prefix_flops(backbone: Backbone, n_prefix: int, lengths: Sequence[int
 
 
 def matmul_flops_per_s(device: torch.device, n: int = 2048, repeats: int = 5,
-                       clock: Callable[[], float] = time.perf_counter) -> float:
-    """Best-of-`repeats` FLOP/s of an n x n fp32 matmul: the machine's practical dense-compute limit.
+                       clock: Callable[[], float] = time.perf_counter, dtype: torch.dtype = torch.float32) -> float:
+    """Best-of-`repeats` FLOP/s of an n x n matmul in `dtype`: the machine's practical dense-compute limit.
     `clock=time.process_time` times it in CPU seconds (CPU only), as the loops' CPU-time rows are."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     torch.matmul(a, b)
     best = math.inf
     for _ in range(repeats):

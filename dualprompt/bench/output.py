@@ -14,7 +14,8 @@ def _spread(values: list[float], fmt: str) -> str:
     return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
 
 
-def print_comparison(runs: dict[str, list[dict]], meta: dict, probe: tuple[float, float | None]) -> None:
+def print_comparison(runs: dict[str, list[dict]], meta: dict, probe: tuple[float, float | None],
+                     probe_name: str) -> None:
     """The side-by-side table of (a) and (b): medians, and (min-max) over repeats."""
     a, b = runs["a"], runs["b"]
     pick = lambda rs, key: [r[key] for r in rs]  # noqa: E731
@@ -52,10 +53,11 @@ def print_comparison(runs: dict[str, list[dict]], meta: dict, probe: tuple[float
           f"process RSS with the model loaded: {statistics.median(pick(a, 'model_rss_bytes')) / MIB:.0f} MiB)")
 
     print_text_share(meta, {"wall clock": (statistics.median(rate(b)), probe[0]),
-                            "CPU time": (statistics.median(cpu_rate(b)), probe[1])})
+                            "CPU time": (statistics.median(cpu_rate(b)), probe[1])}, probe_name)
 
 
-def print_text_share(meta: dict, rates: dict[str, tuple[float, float | None]]) -> None:
+def print_text_share(meta: dict, rates: dict[str, tuple[float, float | None]],
+                     probe_name: str) -> None:
     """The text step's FLOPs in each loop, and (b)'s training rate as a share of the matmul probe, by
     each clock: rates = {clock: ((b)'s train steps per second of it, the probe's FLOP per second of it)}."""
     n, flops_a, flops_b, unshared = meta["classes"], meta["flops_a"], meta["flops_b"], meta["flops_b_unshared"]
@@ -69,8 +71,8 @@ def print_text_share(meta: dict, rates: dict[str, tuple[float, float | None]]) -
               f"(a)/(b) = {flops_a / flops_b:.1f}")
     print(f"  (b) without the shared prefix, {n} x {length} tokens: {unshared / 1e9:.3f} GFLOP"
           f"{'' if prefix else f'  (a)/(b) = {flops_a / flops_b:.1f}'}")
-    print("text step share of the matmul probe = (b)'s train steps/s x the text pass's FLOPs / the 2048x2048 fp32 "
-          "matmul probe's FLOP/s (the CPU-time row divides CPU seconds by CPU seconds: with --threads 1 it barely "
+    print(f"text step share of the matmul probe = (b)'s train steps/s x the text pass's FLOPs / the {probe_name}'s "
+          "FLOP/s (the CPU-time row divides CPU seconds by CPU seconds: with --threads 1 it barely "
           "moves when other jobs share the machine; the wall-clock row is what an idle machine shows):")
     unshared_head = "counted in unshared FLOPs (whole prompts)" if prefix else ""
     print(f"  {'':11} {'probe GFLOP/s':>14} {'(b) steps/s':>12} {'executed FLOPs':>15}  {unshared_head}")
