@@ -294,6 +294,19 @@ def test_shared_prefix_under_bf16_autocast_matches_whole_prompts(tiny_clip):
     torch.testing.assert_close(grad, whole_grad, atol=2**-7, rtol=0)
 
 
+def test_mixed_precision_is_float32_on_a_cpu(tiny_clip):
+    """`precision=amp` autocasts the text tower on CUDA only (`Backbone.text_autocast`): on a CPU training
+    runs in float32, with the same features as `precision=fp32`."""
+    amp = configured(tiny_clip, precision="amp")
+    names = class_names(tiny_clip)
+    learners = [PromptLearner(b, PromptConfig(n_ctx=4, ctx_init=""), torch.Generator().manual_seed(0))
+                for b in (tiny_clip, amp)]
+    with torch.no_grad(), amp.text_autocast():
+        features = [learner(names) for learner in learners]
+    assert features[1].dtype == torch.float32
+    torch.testing.assert_close(features[1], features[0], atol=0, rtol=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["fp32", "amp"])

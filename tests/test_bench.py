@@ -93,11 +93,14 @@ def test_unshared_flop_estimate_equals_torch_flop_counter(test_clip):
     assert counter.get_total_flops() == pytest.approx(expected, rel=1e-9)
 
 
-def test_smoke_command_prints_the_comparison(isolated_dirs):
-    done = subprocess.run([sys.executable, "-m", "dualprompt.bench", "--smoke", "--threads", "1"],
-                          capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("precision", ["fp32", "amp"])
+def test_smoke_command_prints_the_comparison(isolated_dirs, precision):
+    """`--precision amp` is bf16 autocast on CUDA only: on a CPU the loops and the probe stay float32."""
+    done = subprocess.run([sys.executable, "-m", "dualprompt.bench", "--smoke", "--threads", "1",
+                           "--precision", precision], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
+    assert f"on cpu, {precision};" in out and "256x256 float32 matmul probe" in out, out
     for field in ("(a) field loop", "(b) our loop", "(b)/(a)", "train steps/s", "time per trial, warm cache",
                   "time per trial, cold cache", "feature extraction", "peak memory above loaded model",
                   "final training loss", "test accuracy", "GFLOP", "matmul probe", "executed FLOPs",
