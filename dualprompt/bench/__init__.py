@@ -3,6 +3,7 @@
     python -m dualprompt.bench                                  # tiny CLIP on synthetic_blurry (about a minute)
     python -m dualprompt.bench --backbone ViT-B-16 --pretrained random      # ViT-B-16, few steps (CPU: minutes)
     python -m dualprompt.bench --memory-check                   # one 1000-class ViT-B-16 training step
+    python -m dualprompt.bench --memory-check --device cuda --precision amp   # the same on a GPU, bf16 text tower
     python -m dualprompt.bench --smoke                          # seconds; what the tests run
     python -m dualprompt.bench --jobs-together --method dualprompt  # a search trial's jobs: alone vs together
 
