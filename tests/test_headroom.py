@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dualprompt.world.headroom import WEIGHT_DECAYS, probe_accuracy
+from dualprompt.world.headroom import WEIGHT_DECAYS, class_spacing, probe_accuracy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,6 +35,14 @@ def test_probe_chooses_its_weight_decay_without_looking_at_the_test_images():
     wrong, decay_wrong = probe_accuracy(train, val, (x_test, shuffled), n_classes=3)
     assert decay_right == decay_wrong  # the test labels changed, the choice did not
     assert right > wrong + 30.0  # and the test accuracy is measured on the labels given
+
+
+def test_class_spacing_on_a_hand_made_case():
+    """Three unit features: a and b at cosine 0.8, c orthogonal to a and at cosine 0.6 to b."""
+    a, b, c = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.8, 0.6, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    nearest, pairs = class_spacing(torch.stack([a, b, c]))
+    assert nearest == pytest.approx((0.8 + 0.8 + 0.6) / 3)  # a's nearest is b, b's is a, c's is b
+    assert pairs == pytest.approx((0.8 + 0.0 + 0.6) / 3)
 
 
 def run_headroom(*args: str) -> subprocess.CompletedProcess:
@@ -65,3 +73,7 @@ def test_command_prints_every_column_for_a_dataset(isolated_dirs):
     assert all(0.0 <= v <= 100.0 for v in (zero_shot, matched, probe))
     assert headroom == pytest.approx(probe - zero_shot, abs=0.11)
     assert beyond == pytest.approx(probe - matched, abs=0.11)
+    spacing = next(line for line in result.stdout.splitlines()[result.stdout.splitlines().index(row) + 1 :]
+                   if line.startswith("| synthetic_noisy"))
+    nearest_base, nearest_new, pairs_base, pairs_new = (float(cell) for cell in spacing.strip("| \n").split("|")[1:])
+    assert -1.0 <= pairs_base <= nearest_base <= 1.0 and -1.0 <= pairs_new <= nearest_new <= 1.0

@@ -14,6 +14,11 @@ few-shot validation images, never on a test image). "headroom" is the probe minu
 field's CoOp turns into its base-class gain (real CLIP: far above zero-shot on fine-grained datasets).
 "beyond the style" is the probe minus the style-matched zero-shot: the part a context can only reach by
 fitting the base classes themselves, which is what it loses on new classes in the field's regime.
+
+A second table gives how crowded the class text features are (hand-crafted prompts, catalogue template):
+per class set, the cosine of each class's nearest other class, averaged over the classes, and the mean
+cosine over all pairs. The closer the nearest class, the more accuracy a small drift of the class features
+away from their hand-crafted ones (what knowledge guidance leaves) costs (docs/offline-world.md).
 """
 
 from __future__ import annotations
@@ -67,6 +72,15 @@ def probe_accuracy(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Te
     return score(test, fits[best][2]), fits[best][1]
 
 
+def class_spacing(features: torch.Tensor) -> tuple[float, float]:
+    """Unit class features [C, E] (C >= 2): (mean over classes of the cosine to the nearest other class,
+    mean cosine over all pairs of distinct classes)."""
+    cosines = features @ features.T  # [C, C]
+    others = ~torch.eye(len(features), dtype=torch.bool)
+    nearest = cosines.masked_fill(~others, -2.0).max(dim=1).values  # [C]
+    return nearest.mean().item(), cosines[others].mean().item()
+
+
 def dataset_headroom(backbone: Backbone, name: str, data_root: Path, cache_dir: Path | None, shots: int,
                      seed: int) -> dict:
     """The five columns (percent) for one offline base-to-new dataset's base classes."""
@@ -78,7 +92,8 @@ def dataset_headroom(backbone: Backbone, name: str, data_root: Path, cache_dir: 
     from dualprompt.features import FeatureStore
     from dualprompt.world.vocab import STYLE_MATCHED_TEMPLATES
 
-    base = subsample_classes(sample_few_shot(load_dataset(name, data_root), shots, seed), "base")
+    few_shot = sample_few_shot(load_dataset(name, data_root), shots, seed)
+    base = subsample_classes(few_shot, "base")
     store = FeatureStore(backbone, cache_dir)
 
     def split(items) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,8 +106,10 @@ def dataset_headroom(backbone: Backbone, name: str, data_root: Path, cache_dir: 
     zero_shot = {label: accuracy(experiment.handcrafted(base.classnames, template, ensemble=False), *test)
                  for label, template in (("zero-shot", TEMPLATE), ("style-matched", STYLE_MATCHED_TEMPLATES[style]))}
     probe, decay = probe_accuracy(split(base.train), split(base.val), test, len(base.classnames))
+    spacing = {subset: class_spacing(experiment.handcrafted(classes.classnames, TEMPLATE, ensemble=False))
+               for subset, classes in (("base", base), ("new", subsample_classes(few_shot, "new")))}
     return {**zero_shot, "linear probe": probe, "headroom": probe - zero_shot["zero-shot"],
-            "beyond the style": probe - zero_shot["style-matched"], "weight_decay": decay}
+            "beyond the style": probe - zero_shot["style-matched"], "weight_decay": decay, "spacing": spacing}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -144,7 +161,20 @@ def main(argv: list[str] | None = None) -> int:
                                                 for c in COLUMNS) + " |")
     print("\nlinear probe: logistic regression on the few-shot training images, its L2 weight chosen on the "
           "few-shot validation images; headroom = probe - zero-shot; beyond the style = probe - style-matched.")
+    print_spacing(datasets, results)
     return 0
+
+
+def print_spacing(datasets: tuple[str, ...], results: list[dict]) -> None:
+    columns = ("nearest, base", "nearest, new", "all pairs, base", "all pairs, new")
+    print("\nClass text-feature spacing (hand-crafted prompts, catalogue template): cosine of each class's nearest "
+          "other class, mean over the classes; and the mean cosine over all pairs of classes\n")
+    print(f"| {'dataset':20} | " + " | ".join(f"{c:>16}" for c in columns) + " |")
+    print(f"|{'-' * 22}|" + "|".join("-" * 18 for _ in columns) + "|")
+    for name, result in zip(datasets, results, strict=True):
+        spacing = result["spacing"]
+        values = (spacing["base"][0], spacing["new"][0], spacing["base"][1], spacing["new"][1])
+        print(f"| {name:20} | " + " | ".join(f"{v:>16.3f}" for v in values) + " |")
 
 
 if __name__ == "__main__":
