@@ -83,7 +83,8 @@ def class_spacing(features: torch.Tensor) -> tuple[float, float]:
 
 def dataset_headroom(backbone: Backbone, name: str, data_root: Path, cache_dir: Path | None, shots: int,
                      seed: int) -> dict:
-    """The five columns (percent) for one offline base-to-new dataset's base classes."""
+    """The five columns (percent) for one offline base-to-new dataset's base classes, and the spacing of its
+    base and new class features (`class_spacing` of each)."""
     from dualprompt.data.readers import load_dataset
     from dualprompt.data.sampling import sample_few_shot, subsample_classes
     from dualprompt.data.synthetic import DATASETS, TEMPLATE
