@@ -518,7 +518,30 @@ def test_world_check_smoke_prints_every_criterion(isolated_dirs, draw, kg_weight
     table = lines[start:start + 5]  # header, rule, the three methods: their columns stay aligned
     assert table[-1].startswith("| synthetic_blurry") and len({len(line) for line in table}) == 1, table
     assert "steps/s" in out and "criteria pass" in out
+    for effect in ("CoOp base - zero-shot base >= 10 on", "zero-shot new - CoOp new >= 3 on",
+                   "KgCoOp HM - CoOp HM >= 2 on"):
+        line = next((line for line in out.splitlines() if effect in line), "")
+        assert " of 1: blurry " in line, f"missing the per-dataset count {effect!r} in:\n{out}"
     assert ("class draw CD (base = blocks C + D)" in out) == (draw == "CD")
+
+
+def test_per_dataset_regime_counts_each_effect_on_each_dataset_alone():
+    """Hand-made rows: CoOp gains 12 and 8 base points on two datasets (seeds 1 and 2 averaged) and loses
+    new-class accuracy on the first only; KgCoOp's per-dataset HM is the HM of that dataset's own pair."""
+    from dualprompt.world.check import per_dataset_regime
+
+    accuracy = {  # (method, dataset): [(base, new) for seeds 1 and 2]
+        ("zeroshot", "a"): [(50, 60), (50, 60)], ("coop", "a"): [(61, 50), (63, 54)], ("kgcoop", "a"): [(60, 60)] * 2,
+        ("zeroshot", "b"): [(50, 60), (50, 60)], ("coop", "b"): [(58, 60), (58, 62)], ("kgcoop", "b"): [(58, 61)] * 2,
+    }
+    final = {(m, d, seed): {"acc_test_base": b, "acc_test_new": n, "hm_test": 2 * b * n / (b + n)}
+             for (m, d), pairs in accuracy.items() for seed, (b, n) in zip((1, 2), pairs, strict=True)}
+    effects = {name: (threshold, values) for name, threshold, values in per_dataset_regime(final, ("a", "b"), (1, 2))}
+    assert effects["CoOp base - zero-shot base"] == (10.0, {"a": 12.0, "b": 8.0})
+    assert effects["zero-shot new - CoOp new"] == (3.0, {"a": 8.0, "b": -1.0})
+    threshold, kg = effects["KgCoOp HM - CoOp HM"]
+    coop_b = sum(2 * 58 * n / (58 + n) for n in (60, 62)) / 2
+    assert threshold == 2.0 and kg["b"] == pytest.approx(2 * 58 * 61 / 119 - coop_b)
 
 
 def test_world_check_refuses_an_unknown_draw():
