@@ -105,6 +105,11 @@ def load_backbone(cfg: BackboneConfig, device: torch.device | str = "cpu") -> Ba
     return Backbone(model, tokenizer, cfg, weights_id=weights_id)
 
 
+def text_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The text tower's compute dtype: bf16 (autocast) for `precision=amp` on CUDA, else float32."""
+    return torch.bfloat16 if precision == "amp" and device.type == "cuda" else torch.float32
+
+
 def _file_digest(path: Path) -> str:
     digest = hashlib.sha1()
     with open(path, "rb") as handle:
@@ -165,10 +170,9 @@ class Backbone:
         return self.text.transformer
 
     def text_autocast(self) -> AbstractContextManager:
-        """bf16 autocast for text-tower passes when `precision=amp` on CUDA; elsewhere a no-op (float32)."""
-        if self.cfg.precision == "amp" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        """Autocast of text-tower passes to `text_dtype` (bf16 for `precision=amp` on CUDA); else a no-op."""
+        dtype = text_dtype(self.cfg.precision, self.device)
+        return nullcontext() if dtype == torch.float32 else torch.autocast(self.device.type, dtype=dtype)
 
     @property
     def key(self) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..backbone import load_backbone
+from ..backbone import load_backbone, text_dtype
 from ..config import PRECISIONS, BackboneConfig
 from ..prompt_learner import PromptLearner
 from .loops import LOOPS, memory_step
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.repeats} run(s) of each loop, {'in this process' if args.in_process else 'each in a fresh process'}")
     device = torch.device(args.device)
     size = 256 if args.smoke else 8192 if device.type == "cuda" else 2048  # a GPU needs a large one to be busy
-    dtype = torch.bfloat16 if args.precision == "amp" and device.type == "cuda" else torch.float32
+    dtype = text_dtype(args.precision, device)  # the probe runs in the dtype the text step runs in
     probe = f"{size}x{size} {str(dtype).removeprefix('torch.')} matmul probe"
     probe_cpu = matmul_flops_per_s(device, n=size, clock=time.process_time) if device.type == "cpu" else None
     print_comparison(runs, meta, (matmul_flops_per_s(device, n=size, dtype=dtype), probe_cpu), probe)

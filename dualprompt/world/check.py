@@ -199,8 +199,7 @@ def report(rows: list[dict], datasets: tuple[str, ...], seeds: tuple[int, ...],
     print(f"|{'-' * 22}|{'-' * (w + 2)}|{'-' * 13}|{'-' * 13}|{'-' * 13}|")
     for dataset in datasets:
         for method in METHODS:
-            cells = [[final[method, dataset, s][key] for s in seeds] for key in ("acc_test_base", "acc_test_new",
-                                                                                 "hm_test")]
+            cells = [[final[method, dataset, s][key] for s in seeds] for key in METRIC_COLUMNS.values()]
             print(f"| {dataset:<20} | {labels[method]:<{w}} | " + " | ".join(fmt(c) for c in cells) + " |")
     average: dict[str, dict[str, list[float]]] = {}
     for method in METHODS:

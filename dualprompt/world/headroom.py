@@ -104,11 +104,12 @@ def dataset_headroom(backbone: Backbone, name: str, data_root: Path, cache_dir: 
     test = split(base.test)
     experiment = Experiment(backbone)
     style = DATASETS[name].styles[0]
-    zero_shot = {label: accuracy(experiment.handcrafted(base.classnames, template, ensemble=False), *test)
-                 for label, template in (("zero-shot", TEMPLATE), ("style-matched", STYLE_MATCHED_TEMPLATES[style]))}
+    handcrafted = {subset: experiment.handcrafted(classes.classnames, TEMPLATE, ensemble=False)  # [C, E] each
+                   for subset, classes in (("base", base), ("new", subsample_classes(few_shot, "new")))}
+    matched = experiment.handcrafted(base.classnames, STYLE_MATCHED_TEMPLATES[style], ensemble=False)
+    zero_shot = {"zero-shot": accuracy(handcrafted["base"], *test), "style-matched": accuracy(matched, *test)}
     probe, decay = probe_accuracy(split(base.train), split(base.val), test, len(base.classnames))
-    spacing = {subset: class_spacing(experiment.handcrafted(classes.classnames, TEMPLATE, ensemble=False))
-               for subset, classes in (("base", base), ("new", subsample_classes(few_shot, "new")))}
+    spacing = {subset: class_spacing(features) for subset, features in handcrafted.items()}
     return {**zero_shot, "linear probe": probe, "headroom": probe - zero_shot["zero-shot"],
             "beyond the style": probe - zero_shot["style-matched"], "weight_decay": decay, "spacing": spacing}
 
