@@ -30,6 +30,7 @@ from dualprompt.data.synthetic import (
 from dualprompt.data.types import DatasetSplits
 from dualprompt.world.render import IMAGE_SIZE, Variation, render
 from dualprompt.world.vocab import (
+    CAPTION_TEMPLATES,
     COLOURS,
     PRETRAIN_COMBOS,
     SHAPE_SYNONYMS,
@@ -398,6 +399,67 @@ def open_clip_tiny():
     return open_clip.create_model(world.TINY_MODEL_NAME, pretrained=str(world.CHECKPOINT_PATH))
 
 
+def test_a_balanced_schedule_gives_every_name_as_many_captions_with_colours_and_styles_spread_evenly():
+    from collections import Counter
+
+    from dualprompt.world.pretrain import caption_batch, synonym_captions_per_shape, synonym_schedule
+
+    steps, batch = 400, 128
+    per_shape = synonym_captions_per_shape(0.004, steps, batch)
+    assert per_shape == 17  # what the committed stage's coin flip gives on average (0.004 x 51,200 / 12)
+    schedule = synonym_schedule(1, 0.004, steps, batch)
+    assert schedule == synonym_schedule(1, 0.004, steps, batch) != synonym_schedule(3, 0.004, steps, batch)
+    entries = [combo for step in schedule.values() for combo in step.values()]
+    assert set(schedule) <= set(range(steps)) and all(set(s) <= set(range(batch)) for s in schedule.values())
+    assert Counter(shape for _, shape, _ in entries) == dict.fromkeys(SHAPES, per_shape)
+    for shape in SHAPES:  # 17 = 12 colours + 5 (each at most once more); 6 styles x 2 + 5 (at most 3)
+        colours = Counter(c for c, s, _ in entries if s == shape)
+        styles = Counter(t for _, s, t in entries if s == shape)
+        assert set(colours) == set(COLOURS) and max(colours.values()) - min(colours.values()) <= 1
+        assert set(styles) == set(STYLES) and max(styles.values()) - min(styles.values()) <= 1
+    # A scheduled batch names by synonym exactly its scheduled captions, in their colour and style.
+    step, slots = next((k, v) for k, v in schedule.items() if len(v) > 1)
+    _, captions = caption_batch(np.random.default_rng(0), batch, scheduled=slots)
+    synonyms = set(SHAPE_SYNONYMS.values())
+    rare = {i for i, caption in enumerate(captions) if caption.removesuffix(".").split()[-1] in synonyms}
+    assert rare == set(slots)
+    for i, (colour, shape, style) in slots.items():
+        assert captions[i].endswith(f"{classname(colour, shape)}.")
+        assert any(captions[i].endswith(t.format(classname(colour, shape))) for t in CAPTION_TEMPLATES[style])
+
+
+def test_weight_decay_on_matrices_leaves_gains_biases_and_the_logit_scale_undecayed():
+    import open_clip
+
+    from dualprompt.world.pretrain import optimizer_groups
+
+    open_clip.add_model_config(world.CONFIG_PATH)
+    model = open_clip.create_model(world.TINY_MODEL_NAME)
+    names = {id(p): n for n, p in model.named_parameters()}
+    (every,) = optimizer_groups(model, "all")
+    assert len(every["params"]) == len(names) and "weight_decay" not in every  # AdamW's 0.1 for all
+    decayed, undecayed = optimizer_groups(model, "matrices")
+    assert undecayed["weight_decay"] == 0.0 and "weight_decay" not in decayed
+    assert len(decayed["params"]) + len(undecayed["params"]) == len(names)
+    assert all(p.ndim >= 2 and "bias" not in names[id(p)] for p in decayed["params"])  # matrices, the conv
+    undecayed_names = {names[id(p)] for p in undecayed["params"]}
+    assert {"logit_scale", "ln_final.weight", "ln_final.bias",
+            "transformer.resblocks.0.mlp.c_fc.bias"} <= undecayed_names
+    assert "token_embedding.weight" not in undecayed_names
+
+
+def test_the_recorded_command_names_the_new_options_only_when_they_are_used():
+    import argparse
+
+    from dualprompt.world.pretrain import command_line
+
+    args = argparse.Namespace(steps=400, batch_size=128, lr=0.0003, seed=1, plain_caption_prob=0.0,
+                              synonym_prob=0.004, synonym_schedule="random", weight_decay_on="all", init=None)
+    assert "--synonym-schedule" not in command_line(args) and "--weight-decay-on" not in command_line(args)
+    args.synonym_schedule, args.weight_decay_on = "balanced", "matrices"
+    assert command_line(args).endswith("--synonym-prob 0.004 --synonym-schedule balanced --weight-decay-on matrices")
+
+
 def test_checkpoint_is_small_and_loads_with_open_clip_defaults(open_clip_tiny):
     assert world.CHECKPOINT_PATH.stat().st_size < 8 * 2**20
     assert tuple(open_clip_tiny.visual.image_mean) == pytest.approx(world.IMAGE_MEAN)
@@ -456,6 +518,8 @@ def test_pretrain_continues_from_a_first_stage_and_rejects_one_that_does_not_fit
 @pytest.mark.parametrize(("args", "message"), [
     (["--synonym-prob", "1.5"], "--synonym-prob is a probability"),
     (["--init", "missing.safetensors"], "--init missing.safetensors: no such checkpoint file"),
+    (["--synonym-schedule", "balanced"], "--synonym-schedule balanced: --synonym-prob 0.0 over 1000 steps of 128 "
+                                         "gives no synonym caption per shape"),
 ])
 def test_pretrain_rejects_bad_arguments_before_any_work(tmp_path, args, message):
     result = subprocess.run([sys.executable, "-m", "dualprompt.world.pretrain", *args, "--out",

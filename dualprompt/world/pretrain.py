@@ -13,6 +13,11 @@ in 0.4% of captions, as names met a few times, late, by a model that already kno
 from-scratch stage with the synonyms mixed in throughout varied too much between pretraining seeds:
 docs/offline-world.md).
 
+Two options of the recipes measured for the next world (docs/offline-world.md; both off in the committed
+recipe): `--synonym-schedule balanced` gives every shape the same number of synonym captions, with its
+colours and styles spread evenly, instead of a coin flip per caption; `--weight-decay-on matrices` leaves
+gains, biases and the logit scale undecayed, as open_clip's training does.
+
 Measured runtime on a 2-core CPU (no GPU): about 0.5 s per step on two threads (about 9 minutes for
 1,000 steps), plus a minute or two of evaluation; the provenance JSON records the wall time of each
 stage (the result does not depend on it).
@@ -66,7 +71,9 @@ from dualprompt.world.render import render
 from dualprompt.world.tokenizer import WorldTokenizer
 from dualprompt.world.vocab import (
     CAPTION_TEMPLATES,
+    COLOURS,
     PRETRAIN_COMBOS,
+    SHAPES,
     STYLE_MATCHED_TEMPLATES,
     STYLES,
     classname,
@@ -79,7 +86,8 @@ WARMUP_STEPS = 50
 
 
 def caption_batch(
-    rng: np.random.Generator, batch_size: int, plain_caption_prob: float = 0.0, synonym_prob: float = 0.0
+    rng: np.random.Generator, batch_size: int, plain_caption_prob: float = 0.0, synonym_prob: float = 0.0,
+    scheduled: dict[int, tuple[str, str, str]] | None = None,
 ) -> tuple[list, list[str]]:
     """Render `batch_size` fresh (image, caption) pairs of all colour-shape pairs, all styles.
 
@@ -90,6 +98,9 @@ def caption_batch(
     style). Half of the captions get 1..16 leading placeholder words "x" (the word CoOp-style prompt
     learners write for soft context), so that the text tower also learns the positions a long soft
     prompt pushes the class name and end token to.
+
+    `scheduled` (with `synonym_prob` 0) instead names by synonym exactly the captions at these positions
+    of the batch, each with its given (colour, shape, style): a `synonym_schedule` step.
     """
     images, captions = [], []
     for _ in range(batch_size):
@@ -99,6 +110,9 @@ def caption_batch(
         if plain_caption_prob and style != "photo" and rng.random() < plain_caption_prob:
             templates = CAPTION_TEMPLATES["photo"]
         rare = synonym_prob > 0 and rng.random() < synonym_prob
+        if scheduled is not None and len(images) in scheduled:
+            rare, (colour, shape, style) = True, scheduled[len(images)]
+            templates = CAPTION_TEMPLATES[style]
         name = classname(colour, shape) if rare else common_name(colour, shape)
         caption = templates[rng.integers(len(templates))].format(name)
         if rng.random() < 0.5:
@@ -106,6 +120,46 @@ def caption_batch(
         images.append(render(colour, shape, style, rng))
         captions.append(caption)
     return images, captions
+
+
+def synonym_captions_per_shape(synonym_prob: float, steps: int, batch_size: int) -> int:
+    """A balanced stage's synonym captions per shape: as many as the coin flip gives on average."""
+    return round(synonym_prob * steps * batch_size / len(SHAPES))
+
+
+def synonym_schedule(seed: int, synonym_prob: float, steps: int, batch_size: int
+                     ) -> dict[int, dict[int, tuple[str, str, str]]]:
+    """The rare-name captions of a balanced stage: step -> {position in the batch: (colour, shape, style)}.
+
+    As many as `synonym_prob` gives on average (round(synonym_prob * steps * batch_size / 12) per shape),
+    but each shape gets exactly that many, its colours and styles spread evenly (each at most one more
+    than another), at positions drawn uniformly over the stage. A per-caption coin flip instead leaves
+    which colours, styles and steps carry each of the ~17 names to chance, and that draw moves whether a
+    checkpoint shows knowledge guidance's gain (docs/offline-world.md, the crossed seeds).
+    """
+    rng = np.random.default_rng([seed, 1])  # its own stream: the captions' draws stay those of --seed
+    per_shape = synonym_captions_per_shape(synonym_prob, steps, batch_size)
+    slots = rng.choice(steps * batch_size, size=per_shape * len(SHAPES), replace=False)
+    combos = []
+    for shape in SHAPES:  # whole shuffled rounds of the colours (styles), cut to per_shape
+        colours = [c for _ in range(per_shape // len(COLOURS) + 1) for c in rng.permutation(list(COLOURS))]
+        styles = [t for _ in range(per_shape // len(STYLES) + 1) for t in rng.permutation(list(STYLES))]
+        combos += [(str(c), shape, str(t)) for c, t in zip(colours[:per_shape], styles[:per_shape], strict=True)]
+    schedule: dict[int, dict[int, tuple[str, str, str]]] = {}
+    for slot, index in zip(slots, rng.permutation(len(combos)), strict=True):
+        schedule.setdefault(int(slot) // batch_size, {})[int(slot) % batch_size] = combos[index]
+    return schedule
+
+
+def optimizer_groups(model: torch.nn.Module, weight_decay_on: str) -> list[dict]:
+    """AdamW's parameter groups: weight decay on every parameter ("all", the committed recipe) or on the
+    weight matrices only ("matrices": not on gains, biases and the logit scale, as open_clip's training)."""
+    if weight_decay_on == "all":
+        return [{"params": list(model.parameters())}]
+    named = list(model.named_parameters())
+    undecayed = {n for n, p in named if p.ndim < 2 or any(w in n for w in ("bn", "ln", "bias", "logit_scale"))}
+    return [{"params": [p for n, p in named if n not in undecayed]},
+            {"params": [p for n, p in named if n in undecayed], "weight_decay": 0.0}]
 
 
 def learning_rate(step: int, steps: int, peak: float) -> float:
@@ -119,15 +173,19 @@ def learning_rate(step: int, steps: int, peak: float) -> float:
 def train(model: torch.nn.Module, tokenizer: WorldTokenizer, args: argparse.Namespace) -> float:
     """Run the contrastive loop in place; returns the mean loss of the last 50 steps."""
     rng = np.random.default_rng(args.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
+    optimizer = torch.optim.AdamW(optimizer_groups(model, args.weight_decay_on), lr=args.lr, weight_decay=0.1)
     loss_fn = open_clip.ClipLoss()
     mean, std = model.visual.image_mean, model.visual.image_std
     recent: list[float] = []
+    balanced = args.synonym_schedule == "balanced"
+    schedule = synonym_schedule(args.seed, args.synonym_prob, args.steps, args.batch_size) if balanced else {}
+    coin_prob = 0.0 if balanced else args.synonym_prob
     model.train()
     for step in range(args.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr)
-        images, captions = caption_batch(rng, args.batch_size, args.plain_caption_prob, args.synonym_prob)
+        images, captions = caption_batch(rng, args.batch_size, args.plain_caption_prob, coin_prob,
+                                         schedule.get(step, {}) if balanced else None)
         out = model(images_to_tensor(images, mean, std), tokenizer(captions))  # dict of features
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         optimizer.zero_grad(set_to_none=True)
@@ -229,6 +287,12 @@ def parse_args() -> argparse.Namespace:
                         help="probability that a non-photo image gets a photo caption (default 0)")
     parser.add_argument("--synonym-prob", type=float, default=0.0,
                         help="probability that a caption names the shape by its rare synonym (default 0)")
+    parser.add_argument("--synonym-schedule", choices=("random", "balanced"), default="random",
+                        help="random: each caption flips its own coin (the committed recipe); balanced: the same "
+                             "number of synonym captions for every shape, colours and styles spread evenly")
+    parser.add_argument("--weight-decay-on", choices=("all", "matrices"), default="all",
+                        help="AdamW's weight decay on every parameter (the committed recipe) or on weight "
+                             "matrices only, not gains, biases and the logit scale (open_clip's training)")
     parser.add_argument("--init", type=Path, default=None,
                         help="continue from this checkpoint of the same model (a first stage), not from scratch")
     parser.add_argument("--out", type=Path, default=CHECKPOINT_PATH, help="checkpoint path (.safetensors)")
@@ -242,6 +306,10 @@ def parse_args() -> argparse.Namespace:
     for flag, value in (("--plain-caption-prob", args.plain_caption_prob), ("--synonym-prob", args.synonym_prob)):
         if not 0.0 <= value <= 1.0:
             parser.error(f"{flag} is a probability; give a value in [0, 1], not {value}.")
+    if args.synonym_schedule == "balanced" and synonym_captions_per_shape(args.synonym_prob, args.steps,
+                                                                          args.batch_size) < 1:
+        parser.error(f"--synonym-schedule balanced: --synonym-prob {args.synonym_prob} over {args.steps} steps of "
+                     f"{args.batch_size} gives no synonym caption per shape; raise --synonym-prob or --steps.")
     if args.steps < 1 or args.batch_size < 2:
         parser.error("--steps must be >= 1 and --batch-size >= 2 (a contrastive batch needs negatives).")
     if args.rescore:
@@ -278,6 +346,9 @@ def command_line(args: argparse.Namespace) -> str:
     command = (f"python -m dualprompt.world.pretrain --steps {args.steps} --batch-size {args.batch_size} "
                f"--lr {args.lr} --seed {args.seed} --plain-caption-prob {args.plain_caption_prob} "
                f"--synonym-prob {args.synonym_prob}")
+    for flag, value, default in (("--synonym-schedule", args.synonym_schedule, "random"),
+                                 ("--weight-decay-on", args.weight_decay_on, "all")):
+        command += f" {flag} {value}" if value != default else ""  # the committed records predate these flags
     return command + (f" --init {args.init}" if args.init is not None else "")
 
 
@@ -307,6 +378,8 @@ def main() -> None:
         "seed": args.seed,
         "plain_caption_prob": args.plain_caption_prob,
         "synonym_prob": args.synonym_prob,
+        "synonym_schedule": args.synonym_schedule,
+        "weight_decay_on": args.weight_decay_on,
         "init": None if args.init is None else {"checkpoint": args.init.name, "provenance": init_record},
         "train_wall_s": round(wall_s, 1),
         "final_loss_mean50": round(final_loss, 4),
