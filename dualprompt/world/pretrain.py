@@ -13,7 +13,7 @@ in 0.4% of captions, as names met a few times, late, by a model that already kno
 from-scratch stage with the synonyms mixed in throughout varied too much between pretraining seeds:
 docs/offline-world.md).
 
-Two options of the recipes measured for the next world (docs/offline-world.md; both off in the committed
+Two options re-make recipes measured for the next world (docs/offline-world.md; both off in the committed
 recipe): `--synonym-schedule balanced` gives every shape the same number of synonym captions, with its
 colours and styles spread evenly, instead of a coin flip per caption; `--weight-decay-on matrices` leaves
 gains, biases and the logit scale undecayed, as open_clip's training does.
@@ -133,9 +133,9 @@ def synonym_schedule(seed: int, synonym_prob: float, steps: int, batch_size: int
 
     As many as `synonym_prob` gives on average (round(synonym_prob * steps * batch_size / 12) per shape),
     but each shape gets exactly that many, its colours and styles spread evenly (each at most one more
-    than another), at positions drawn uniformly over the stage. A per-caption coin flip instead leaves
-    which colours, styles and steps carry each of the ~17 names to chance, and that draw moves whether a
-    checkpoint shows knowledge guidance's gain (docs/offline-world.md, the crossed seeds).
+    than another), at positions drawn uniformly over the stage; the coin flip leaves which colours and
+    styles carry each of the ~17 names to chance. Measured (docs/offline-world.md, the crossed seeds): it
+    does not make knowledge guidance's gain steady over pretraining seeds.
     """
     rng = np.random.default_rng([seed, 1])  # its own stream: the captions' draws stay those of --seed
     per_shape = synonym_captions_per_shape(synonym_prob, steps, batch_size)
