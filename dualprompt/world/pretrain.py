@@ -177,15 +177,15 @@ def train(model: torch.nn.Module, tokenizer: WorldTokenizer, args: argparse.Name
     loss_fn = open_clip.ClipLoss()
     mean, std = model.visual.image_mean, model.visual.image_std
     recent: list[float] = []
-    balanced = args.synonym_schedule == "balanced"
-    schedule = synonym_schedule(args.seed, args.synonym_prob, args.steps, args.batch_size) if balanced else {}
-    coin_prob = 0.0 if balanced else args.synonym_prob
+    schedule = (synonym_schedule(args.seed, args.synonym_prob, args.steps, args.batch_size)
+                if args.synonym_schedule == "balanced" else None)
+    coin_prob = args.synonym_prob if schedule is None else 0.0  # a balanced stage flips no coin
     model.train()
     for step in range(args.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr)
         images, captions = caption_batch(rng, args.batch_size, args.plain_caption_prob, coin_prob,
-                                         schedule.get(step, {}) if balanced else None)
+                                         None if schedule is None else schedule.get(step, {}))
         out = model(images_to_tensor(images, mean, std), tokenizer(captions))  # dict of features
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         optimizer.zero_grad(set_to_none=True)
