@@ -428,13 +428,10 @@ def test_a_balanced_schedule_gives_every_name_as_many_captions_with_colours_and_
         assert any(captions[i].endswith(t.format(classname(colour, shape))) for t in CAPTION_TEMPLATES[style])
 
 
-def test_weight_decay_on_matrices_leaves_gains_biases_and_the_logit_scale_undecayed():
-    import open_clip
-
+def test_weight_decay_on_matrices_leaves_gains_biases_and_the_logit_scale_undecayed(open_clip_tiny):
     from dualprompt.world.pretrain import optimizer_groups
 
-    open_clip.add_model_config(world.CONFIG_PATH)
-    model = open_clip.create_model(world.TINY_MODEL_NAME)
+    model = open_clip_tiny  # only its parameters' names and shapes are read
     names = {id(p): n for n, p in model.named_parameters()}
     (every,) = optimizer_groups(model, "all")
     assert len(every["params"]) == len(names) and "weight_decay" not in every  # AdamW's 0.1 for all

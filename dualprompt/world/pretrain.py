@@ -110,7 +110,7 @@ def caption_batch(
         if plain_caption_prob and style != "photo" and rng.random() < plain_caption_prob:
             templates = CAPTION_TEMPLATES["photo"]
         rare = synonym_prob > 0 and rng.random() < synonym_prob
-        if scheduled is not None and len(images) in scheduled:
+        if scheduled is not None and len(images) in scheduled:  # after the draws: the stream stays aligned
             rare, (colour, shape, style) = True, scheduled[len(images)]
             templates = CAPTION_TEMPLATES[style]
         name = classname(colour, shape) if rare else common_name(colour, shape)
