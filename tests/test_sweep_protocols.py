@@ -109,8 +109,12 @@ def test_a_crashed_single_process_trial_resumes_from_its_checkpoint(base2new):
 def test_single_process_trials_reuse_their_process_and_backbone(base2new):
     rows = base2new["rows"]
     loads = rows[rows["backbone_load_s"] > 0].groupby("stage").size()
-    # Each stage's Tuner starts one process per concurrent trial (2 on 2 CPUs); each loads the backbone once.
-    assert loads.max() <= 2 and rows.groupby(["stage", "trial_id"]).ngroups == 3 + len(expected_final_variants(rows))
+    crashed = rows[rows["restarts"] >= 1].groupby("stage")["trial_id"].nunique().reindex(loads.index, fill_value=0)
+    # Each stage's Tuner starts one process per concurrent trial (2 on 2 CPUs); each loads the backbone once. The
+    # injected crash kills one process, and whether Tune starts a replacement (which loads it again) depends on
+    # what else is still pending then; without reuse the final stage alone would load it once per trial (8 or more).
+    assert (loads <= 2 + crashed).all(), (loads.to_dict(), crashed.to_dict())
+    assert rows.groupby(["stage", "trial_id"]).ngroups == 3 + len(expected_final_variants(rows))
     assert "% doing work" in base2new["result"].stdout
 
 
