@@ -1,11 +1,11 @@
 """Contrastive pretraining of the tiny CLIP on the offline world; writes the committed checkpoint.
 
-The committed checkpoint was made in two recorded stages (its provenance JSON records both commands, the
-first stage's record nested under "init"):
+The committed checkpoint (world version 3.1) was made in two recorded stages (its provenance JSON records
+both commands, the first stage's record nested under "init"):
 
-    python -m dualprompt.world.pretrain --steps 1000 --seed 0 --out s1_seed0.safetensors
-    python -m dualprompt.world.pretrain --init s1_seed0.safetensors --steps 400 --lr 0.0003 \
-        --synonym-prob 0.004 --seed 0
+    python -m dualprompt.world.pretrain --steps 1000 --seed 3 --weight-decay-on matrices --out s1_seed3.safetensors
+    python -m dualprompt.world.pretrain --init s1_seed3.safetensors --steps 400 --lr 0.0003 \
+        --synonym-prob 0.004 --seed 1 --weight-decay-on matrices
 
 Stage one learns the world from captions with the shapes' common words only ("a blurry photo of a red
 circle."); stage two continues it with the rare synonyms that the datasets' class names use ("red disc")
@@ -13,10 +13,11 @@ in 0.4% of captions, as names met a few times, late, by a model that already kno
 from-scratch stage with the synonyms mixed in throughout varied too much between pretraining seeds:
 docs/offline-world.md).
 
-Two options re-make recipes measured for the next world (docs/offline-world.md; both off in the committed
-recipe): `--synonym-schedule balanced` gives every shape the same number of synonym captions, with its
-colours and styles spread evenly, instead of a coin flip per caption; `--weight-decay-on matrices` leaves
-gains, biases and the logit scale undecayed, as open_clip's training does.
+`--weight-decay-on matrices` leaves gains, biases and the logit scale undecayed, as open_clip's training
+does (the committed recipe; the default, `all`, is version 3's first checkpoint's, so that every recorded
+command reproduces its checkpoint). `--synonym-schedule balanced` gives every shape the same number of
+synonym captions, with its colours and styles spread evenly, instead of a coin flip per caption (measured,
+not used: docs/offline-world.md).
 
 Measured runtime on a 2-core CPU (no GPU): about 0.5 s per step on two threads (about 9 minutes for
 1,000 steps), plus a minute or two of evaluation; the provenance JSON records the wall time of each
@@ -152,8 +153,9 @@ def synonym_schedule(seed: int, synonym_prob: float, steps: int, batch_size: int
 
 
 def optimizer_groups(model: torch.nn.Module, weight_decay_on: str) -> list[dict]:
-    """AdamW's parameter groups: weight decay on every parameter ("all", the committed recipe) or on the
-    weight matrices only ("matrices": not on gains, biases and the logit scale, as open_clip's training)."""
+    """AdamW's parameter groups: weight decay on every parameter ("all", version 3's first checkpoint) or on
+    the weight matrices only ("matrices", the committed recipe: not on gains, biases and the logit scale, as
+    open_clip's training)."""
     if weight_decay_on == "all":
         return [{"params": list(model.parameters())}]
     named = list(model.named_parameters())
@@ -291,8 +293,9 @@ def parse_args() -> argparse.Namespace:
                         help="random: each caption flips its own coin (the committed recipe); balanced: the same "
                              "number of synonym captions for every shape, colours and styles spread evenly")
     parser.add_argument("--weight-decay-on", choices=("all", "matrices"), default="all",
-                        help="AdamW's weight decay on every parameter (the committed recipe) or on weight "
-                             "matrices only, not gains, biases and the logit scale (open_clip's training)")
+                        help="AdamW's weight decay on every parameter (default: version 3's first checkpoint) or "
+                             "on weight matrices only, not gains, biases and the logit scale (open_clip's "
+                             "training; the committed checkpoint)")
     parser.add_argument("--init", type=Path, default=None,
                         help="continue from this checkpoint of the same model (a first stage), not from scratch")
     parser.add_argument("--out", type=Path, default=CHECKPOINT_PATH, help="checkpoint path (.safetensors)")
@@ -348,7 +351,7 @@ def command_line(args: argparse.Namespace) -> str:
                f"--synonym-prob {args.synonym_prob}")
     for flag, value, default in (("--synonym-schedule", args.synonym_schedule, "random"),
                                  ("--weight-decay-on", args.weight_decay_on, "all")):
-        command += f" {flag} {value}" if value != default else ""  # the committed records predate these flags
+        command += f" {flag} {value}" if value != default else ""  # older records predate these flags
     return command + (f" --init {args.init}" if args.init is not None else "")
 
 
