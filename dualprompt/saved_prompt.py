@@ -145,19 +145,18 @@ def load_prompt(
     except (KeyError, ValueError) as error:
         raise PromptFileError(f"{text} has no readable configuration ({error}); it was not written by "
                               "dualprompt.save_prompt, or is damaged: use the prompt file a sweep wrote.") from None
-    recorded = metadata.get("weights_id")
-    if backbone is None:
+    recorded, given = metadata.get("weights_id"), backbone is not None
+    if not given:
         backbone = load_backbone(cfg.backbone, device)
-        # The same name and tag can load other weights later (a retrained offline CLIP, a replaced file).
-        if recorded and backbone.weights_id != recorded:
-            raise PromptFileError(f"{text} was trained on {cfg.backbone.backbone} with weights {recorded!r}, but "
-                                  f"{cfg.backbone.backbone} ({cfg.backbone.pretrained}) now loads weights "
-                                  f"{backbone.weights_id!r}; load it with a backbone built from the checkpoint it "
-                                  "was trained on (backbone=...).")
-    elif backbone.cfg.backbone != cfg.backbone.backbone or backbone.weights_id != recorded:
-        raise PromptFileError(f"{text} was trained on {cfg.backbone.backbone} with weights "
-                              f"{recorded!r}, not on the given {backbone.cfg.backbone} "
-                              f"({backbone.weights_id!r}); load it with its own backbone (backbone=None).")
+    # The same name and tag can load other weights later (a retrained offline CLIP, a replaced file); a file
+    # that records no weights is checked against a given backbone only.
+    if backbone.cfg.backbone != cfg.backbone.backbone or (backbone.weights_id != recorded and (recorded or given)):
+        now = (f"the given {backbone.cfg.backbone} has weights" if given
+               else f"{cfg.backbone.backbone} ({cfg.backbone.pretrained}) now loads weights")
+        fix = ("load it with its own backbone (backbone=None)" if given
+               else "load it with a backbone built from the checkpoint it was trained on (backbone=...)")
+        raise PromptFileError(f"{text} was trained on {cfg.backbone.backbone} with weights {recorded!r}, but {now} "
+                              f"{backbone.weights_id!r}; {fix}.")
     ctx = tensors["ctx"]
     if ctx.ndim != 2 or ctx.shape != (cfg.prompt.n_ctx, backbone.token_dim):
         raise PromptFileError(f"{text} holds a context of shape {tuple(ctx.shape)} where "

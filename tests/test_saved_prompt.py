@@ -100,11 +100,10 @@ def test_bad_prompt_files_are_one_sentence(tiny_clip, test_clip, tmp_path):
         load_prompt(path, backbone=test_clip)
     # A prompt of other weights under the same name and tag (the offline CLIP before it was retrained).
     from safetensors import safe_open
-    from safetensors.torch import save_file
     with safe_open(path, "pt") as handle:
         tensors, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
-    older = str(tmp_path / "older.safetensors")
-    save_file(tensors, older, metadata={**metadata, "weights_id": "0123456789abcdef"})
+    older = tmp_path / "older.safetensors"
+    older.write_bytes(save_safetensors(tensors, metadata={**metadata, "weights_id": "0123456789abcdef"}))
     with pytest.raises(PromptFileError, match="'0123456789abcdef', but tiny-synthetic .* now loads") as caught:
         load_prompt(older)
     assert str(caught.value).count(". ") == 0 and str(caught.value).endswith(".")

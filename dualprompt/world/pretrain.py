@@ -84,6 +84,9 @@ from dualprompt.world.zero_shot import dataset_accuracy, images_to_tensor, style
 
 MAX_FILLER_WORDS = 16  # soft prompts of up to 16 tokens put class words at positions up to ~20
 WARMUP_STEPS = 50
+# Options added after the first recorded checkpoints: a recorded command names one only when it differs
+# from this default, so that every older record stays the exact command that made its checkpoint.
+OPTION_DEFAULTS = {"synonym_schedule": "random", "weight_decay_on": "all"}
 
 
 def caption_batch(
@@ -187,7 +190,7 @@ def train(model: torch.nn.Module, tokenizer: WorldTokenizer, args: argparse.Name
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr)
         images, captions = caption_batch(rng, args.batch_size, args.plain_caption_prob, coin_prob,
-                                         None if schedule is None else schedule.get(step, {}))
+                                         (schedule or {}).get(step))
         out = model(images_to_tensor(images, mean, std), tokenizer(captions))  # dict of features
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         optimizer.zero_grad(set_to_none=True)
@@ -289,10 +292,11 @@ def parse_args() -> argparse.Namespace:
                         help="probability that a non-photo image gets a photo caption (default 0)")
     parser.add_argument("--synonym-prob", type=float, default=0.0,
                         help="probability that a caption names the shape by its rare synonym (default 0)")
-    parser.add_argument("--synonym-schedule", choices=("random", "balanced"), default="random",
+    parser.add_argument("--synonym-schedule", choices=("random", "balanced"),
+                        default=OPTION_DEFAULTS["synonym_schedule"],
                         help="random: each caption flips its own coin (the committed recipe); balanced: the same "
                              "number of synonym captions for every shape, colours and styles spread evenly")
-    parser.add_argument("--weight-decay-on", choices=("all", "matrices"), default="all",
+    parser.add_argument("--weight-decay-on", choices=("all", "matrices"), default=OPTION_DEFAULTS["weight_decay_on"],
                         help="AdamW's weight decay on every parameter (default: version 3's first checkpoint) or "
                              "on weight matrices only, not gains, biases and the logit scale (open_clip's "
                              "training; the committed checkpoint)")
@@ -349,9 +353,9 @@ def command_line(args: argparse.Namespace) -> str:
     command = (f"python -m dualprompt.world.pretrain --steps {args.steps} --batch-size {args.batch_size} "
                f"--lr {args.lr} --seed {args.seed} --plain-caption-prob {args.plain_caption_prob} "
                f"--synonym-prob {args.synonym_prob}")
-    for flag, value, default in (("--synonym-schedule", args.synonym_schedule, "random"),
-                                 ("--weight-decay-on", args.weight_decay_on, "all")):
-        command += f" {flag} {value}" if value != default else ""  # older records predate these flags
+    for name, default in OPTION_DEFAULTS.items():
+        value = getattr(args, name)
+        command += f" --{name.replace('_', '-')} {value}" if value != default else ""
     return command + (f" --init {args.init}" if args.init is not None else "")
 
 
