@@ -35,14 +35,18 @@ from .tables import (
     noise_ceiling,
     objective_seed_noise,
     objective_validity,
+    one_se_pick,
+    per_seed_final,
     reliability,
     search_trials,
     searched_params,
+    seed_noise,
     spearman,
     spearman_interval,
     summarise,
     transfer_summary,
     variant_label,
+    variant_order,
 )
 
 # Published 11-dataset base-to-new averages (ViT-B/16, 16 shots, 3 seeds), quoted from the papers and READMEs
@@ -211,7 +215,31 @@ def _bought(rows: pd.DataFrame) -> list[str]:
                    else "larger than the seed noise")
         md += [f"Searched minus defaults: {diff:+.2f} points; the seed spread of that difference is about "
                f"{noise:.2f} points, so the difference is {verdict}.", ""]
-    return md
+    return md + _one_se_words(rows, by)
+
+
+def _one_se_words(rows: pd.DataFrame, by: pd.DataFrame) -> list[str]:
+    """Which trial the one-SE rule picked, from how many, and its final number against the highest objective's
+    and the defaults' (under whichever final variant trained that trial)."""
+    pick = one_se_pick(rows)
+    final = rows[(rows["stage"] == "final") & (rows["search_trial_id"] == (pick.trial_id if pick else None))]
+    if pick is None or final.empty:
+        return []
+    variant = min(final["variant"].unique(), key=variant_order)
+    size = search_trials(rows).set_index("trial_id").loc[pick.trial_id].get("n_ctx")
+    words = [f"**One-SE pick**: of the {pick.window} complete trials whose objective lies within one SE "
+             f"({pick.se:.2f} points, {pick.se_source}) of the highest, the one with the fewest context vectors"
+             f"{f' ({int(size)})' if size is not None and not pd.isna(size) else ''}: "
+             f"{variant_label(variant)}."]
+    for other in ("best", "defaults"):
+        if other != variant and {other, variant} <= set(by.index):
+            diff = by.loc[variant, "final"] - by.loc[other, "final"]
+            noise = math.hypot(by.loc[variant, "final_std"], by.loc[other, "final_std"])
+            words.append(f"Minus {variant_label(other).lower()}: {diff:+.2f} points (seed spread of the difference "
+                         f"about {noise:.2f}).")
+    words.append("One sweep is one class split: `python -m dualprompt.world.picks` measures the rule against the "
+                 "highest objective on class draws the search never saw.")
+    return [" ".join(words), ""]
 
 
 def _validity(rows: pd.DataFrame, out: Path, protocol) -> list[str]:
@@ -235,25 +263,27 @@ def _validity(rows: pd.DataFrame, out: Path, protocol) -> list[str]:
 
 
 def _ceiling_words(table: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
-    """How high that correlation could be, given the noise of the objective and of the final numbers. The
-    objective's noise is its spread over search seeds where a trial ran two or more, else its binomial SE
-    (a lower bound: it leaves out training noise)."""
-    n_seeds = rows.loc[rows["stage"] == "final", "seed"].nunique()
-    seed_noise, search_seeds = objective_seed_noise(rows, table["search_trial_id"])
-    if math.isnan(seed_noise):
+    """How high that correlation could be, given the noise of the objective and of the final numbers. Every
+    configuration ran the same seeds, so the noise that can reorder them is the configuration x seed
+    interaction (`tables.seed_noise`, paired). The objective's is measured over search seeds where every
+    trial ran two or more, else taken from its binomial SE (a lower bound: it leaves out training noise)."""
+    measured, search_seeds = objective_seed_noise(rows, table["search_trial_id"], paired=True)
+    if math.isnan(measured):
         objective_noise, source = (table["objective_se"] ** 2).mean(), "the objectives' binomial SE"
         caveat = (" (training noise, not in the binomial SE, would lower it further; a sweep with two or more "
                   "`--search-seeds` measures it)")
     else:
-        objective_noise = seed_noise
+        objective_noise = measured
         source, caveat = f"the objectives' spread over their {search_seeds} search seeds", ""
+    final = per_seed_final(rows).reindex(table["variant"])
     rel_objective = reliability(table["objective"], objective_noise)
-    rel_final = reliability(table["final"], (table["final_std"] ** 2).mean() / max(n_seeds, 1))
+    rel_final = reliability(table["final"], seed_noise(final, paired=True))
     if math.isnan(rel_objective) or math.isnan(rel_final):
         return []
     return [f"Noise ceiling: {source} leaves {rel_objective:.0%} of their spread over these configurations to "
-            f"real differences, the final numbers' seed spread ({n_seeds} seeds) leaves {rel_final:.0%} of "
-            f"theirs, so even a perfect predictor would show a correlation of at most about "
+            f"real differences, the final numbers' seed spread ({final.shape[1]} seeds) leaves {rel_final:.0%} of "
+            f"theirs (both counting only what differs between configurations on the same seed), so even a "
+            f"perfect predictor would show a correlation of at most about "
             f"**{noise_ceiling(rel_objective, rel_final):.2f}** here{caveat}. Far below it, the objective "
             "ranks differently; near it, more seeds or more distinct configurations are what would show more.", ""]
 

@@ -80,6 +80,7 @@ class SweepSpec:
     validate_top: int = 0
     validate_spread: int = 0
     ablations: bool = False
+    one_se: bool = False
     sampler_seed: int = 0
     gpus_per_trial: float = 0.0
     workers_per_trial: int = 1
@@ -168,7 +169,8 @@ def init_ray(spec: SweepSpec) -> None:
 
 def _run_stage(spec: SweepSpec, stage: str) -> int:
     """Run a stage's missing trials: resume its latest Tune experiment, then (final stage only) start one more
-    for variants no earlier run asked for (a later `--validate-top`, `--validate-spread` or `--ablations`)."""
+    for variants no earlier run asked for (a later `--validate-top`, `--validate-spread`, `--ablations` or
+    `--one-se`)."""
     variants = _final_variants(spec) if stage == "final" else None
     missing = _missing(spec, stage, variants)
     if not missing:
@@ -242,7 +244,7 @@ def _final_variants(spec: SweepSpec) -> list[dict[str, Any]]:
 
     rows = read_results(spec.rows_dir)
     return final_variants(rows, list(spec.defaults), spec.defaults, spec.baselines, spec.validate_top,
-                          spec.ablations, spec.validate_spread)
+                          spec.ablations, spec.validate_spread, spec.one_se)
 
 
 def _new_tuner(spec: SweepSpec, stage: str, name: str, trainable: Any, variants: list) -> ray.tune.Tuner:

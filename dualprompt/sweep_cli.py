@@ -8,8 +8,8 @@ cannot be written, GPUs this machine does not have) is one sentence and exit cod
 Stages: "search" (leak-free: the protocol's search stage, one trial per configuration drawn by
 multivariate TPE, the defaults first) and "final" (`final_variants`: the best searched configuration, the
 dual-view defaults, the next `--validate-top` searched configurations, `--validate-spread` more at evenly
-spaced ranks down to the worst, the baselines, and with `--ablations` the best configuration without its
-augmentation or without its MI term).
+spaced ranks down to the worst, the baselines, with `--ablations` the best configuration without its
+augmentation or without its MI term, and with `--one-se` the one-standard-error rule's pick).
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ def build_parser(declaration: SweepDeclaration, prog: str) -> argparse.ArgumentP
         "its whole range, not only its top; default 0")
     add("--ablations", action="store_true", help="the final stage also trains the best configuration with only "
         "its MI term and with only its augmentation")
+    add("--one-se", action="store_true", help="the final stage also trains the one-standard-error rule's pick: of "
+        "the search trials within one SE of the highest objective, the one with the fewest context vectors")
     add("--data-root", help="folder holding the datasets; default $DUALPROMPT_DATA_ROOT or ~/.cache/dualprompt/data")
     add("--backbone", help=f"open_clip model name; default {OFFLINE_BACKBONE} (the offline world's tiny CLIP)")
     add("--pretrained", help="open_clip pretrained tag or checkpoint file; default: the backbone's own weights")
@@ -223,7 +225,7 @@ def _pick(args_value: str | None, flag: str, real: tuple[str, ...], offline: tup
 
 # Settings that only add final-stage variants: a later run may ask for more (the final stage then trains the
 # variants it lacks and keeps every row already written), so they do not pin a sweep's identity.
-FINAL_STAGE_SETTINGS = ("validate_top", "validate_spread", "ablations")
+FINAL_STAGE_SETTINGS = ("validate_top", "validate_spread", "ablations", "one_se")
 
 
 def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -335,7 +337,8 @@ def plan(declaration: SweepDeclaration, argv: list[str], prog: str = "sweep") ->
                 "bounds": {k: list(v) for k, v in bounds.items()}, "choices": {k: list(v) for k, v in choices.items()},
                 "sampler_seed": args.sampler_seed,
                 # Only when asked for, so sweeps started before the option keep their names and settings.
-                **({"validate_spread": args.validate_spread} if args.validate_spread else {})}
+                **({"validate_spread": args.validate_spread} if args.validate_spread else {}),
+                **({"one_se": True} if args.one_se else {})}
     # Named from what was asked for (not from every Config default), so the same command keeps its name.
     asked = {**settings, "config": {k: v for k, v in overrides.items() if k not in LOCAL_KEYS}}
     digest = hashlib.sha1(json.dumps(asked, sort_keys=True).encode()).hexdigest()[:8]
@@ -418,16 +421,18 @@ def check_cluster_gpus(address: str, gpus: float) -> None:
 
 
 def final_variants(rows: Any, searched: list[str], defaults: dict[str, Any], baselines: tuple[str, ...],
-                   validate_top: int, ablations: bool, validate_spread: int = 0) -> list[dict[str, Any]]:
+                   validate_top: int, ablations: bool, validate_spread: int = 0,
+                   one_se: bool = False) -> list[dict[str, Any]]:
     """The final stage's trials, from the search rows: each {"variant", "search_trial_id", "overrides"}.
 
     best = the complete search trial with the highest objective (ties: the earlier); defaults = the dual-view
-    defaults (the first search point); top2.. = the next `validate_top` trials, then `validate_spread` more at
+    defaults (the first search point); with `one_se`, one_se = the one-SE rule's pick (`tables.one_se_pick`)
+    where it is neither best nor the defaults; top2.. = the next `validate_top` trials, then `validate_spread` more at
     evenly spaced ranks down to the worst (`tables.evenly_spaced_ranks`; "topR" is search rank R); then the
     baselines; with `ablations`, the best configuration with only its MI term (no augmentation: aug_strength 0)
     and with only its augmentation (mi_weight 0).
     """
-    from .tables import best_search_trials, evenly_spaced_ranks
+    from .tables import best_search_trials, evenly_spaced_ranks, one_se_pick
 
     ranked = best_search_trials(rows, k=len(rows))
     top = range(min(1 + validate_top, len(ranked)))  # positions, the best first
@@ -447,8 +452,13 @@ def final_variants(rows: Any, searched: list[str], defaults: dict[str, Any], bas
     variants = [{"variant": "best", "search_trial_id": best_id, "overrides": {"method": "dualprompt", **best}},
                 {"variant": "defaults", "search_trial_id": default_ids[0] if default_ids else None,
                  "overrides": {"method": "dualprompt", **defaults}}]
+    pick = one_se_pick(rows).trial_id if one_se else best_id
+    if pick != best_id and pick not in default_ids[:1]:
+        variants.append({"variant": "one_se", "search_trial_id": pick,
+                         "overrides": {"method": "dualprompt", **params(pick)}})
+    trained = {v["search_trial_id"] for v in variants}
     for position, trial_id in zip(ranked.index[1:], ranked["trial_id"].iloc[1:], strict=True):
-        if trial_id in default_ids[:1]:  # already trained as "defaults"
+        if trial_id in trained:  # already trained as "defaults" or "one_se"
             continue
         variants.append({"variant": f"top{position + 1}", "search_trial_id": trial_id,
                          "overrides": {"method": "dualprompt", **params(trial_id)}})
@@ -482,7 +492,7 @@ def main(declaration: SweepDeclaration, argv: list[str] | None = None) -> int:
         scope=p.scope, num_samples=p.num_samples,
         space=partial(define_space, bounds=p.bounds, choices=p.choices), defaults=p.defaults,
         baselines=p.declaration.baselines, validate_top=p.validate_top, validate_spread=args.validate_spread,
-        ablations=args.ablations,
+        ablations=args.ablations, one_se=args.one_se,
         sampler_seed=args.sampler_seed, gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial,
         cpus_per_worker=cpus_per_worker, max_concurrent=concurrent, address=args.address,
     )

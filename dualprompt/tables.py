@@ -11,6 +11,7 @@ searched configuration, the dual-view defaults, the next searched ones, baseline
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -22,8 +23,8 @@ from .protocols import get_protocol
 AVERAGE = "average"  # the dataset name of the benchmark's average row
 TARGET_AVERAGE = "target average"
 VARIANT_LABEL = {"zeroshot": "CLIP", "coop": "CoOp", "kgcoop": "KgCoOp", "best": "Dual-view, searched",
-                 "defaults": "Dual-view, defaults", "mi_only": "Dual-view, searched, MI only",
-                 "aug_only": "Dual-view, searched, augmentation only"}
+                 "one_se": "Dual-view, one-SE pick", "defaults": "Dual-view, defaults",
+                 "mi_only": "Dual-view, searched, MI only", "aug_only": "Dual-view, searched, augmentation only"}
 BASELINE_VARIANTS = ("zeroshot", "coop", "kgcoop")
 SEARCHED_VARIANTS = ("best", "mi_only", "aug_only")  # the ablations train the best configuration minus a term
 SUMMARY_COLUMNS = ["variant", "dataset", "base", "base_std", "new", "new_std", "hm", "hm_std", "n_seeds",
@@ -41,8 +42,9 @@ def variant_label(variant: str) -> str:
 
 
 def variant_order(variant: str) -> tuple[int, int, str]:
-    """Baselines first (as the papers), then the dual-view defaults, best, ablations, the next ranks."""
-    fixed = (*BASELINE_VARIANTS, "defaults", "best", "mi_only", "aug_only")
+    """Baselines first (as the papers), then the dual-view defaults, best, the one-SE pick, ablations, the next
+    ranks."""
+    fixed = (*BASELINE_VARIANTS, "defaults", "best", "one_se", "mi_only", "aug_only")
     if variant in fixed:
         return (fixed.index(variant), 0, variant)
     rank = int(variant[3:]) if variant.startswith("top") and variant[3:].isdigit() else 999
@@ -224,28 +226,48 @@ def search_trials(rows: pd.DataFrame) -> pd.DataFrame:
     return trials[columns[:6] + parts + [e.count_column for e in stage.evaluations] + columns[6:]]
 
 
-def objective_seed_noise(rows: pd.DataFrame, trial_ids) -> tuple[float, int]:
-    """The variance a search trial's objective has from its few-shot seeds (its per-seed objectives' variance
-    over the seeds divided by their number, averaged over `trial_ids`) and the fewest seeds one of them ran.
-    Unlike the binomial SE, which counts only which validation images were drawn, this includes training
-    noise. NaN with fewer than two search seeds per trial (the default sweep runs one)."""
+def objective_seed_noise(rows: pd.DataFrame, trial_ids, paired: bool = False) -> tuple[float, int]:
+    """The variance a search trial's objective has from its few-shot seeds (`seed_noise` of the per-seed
+    objectives of `trial_ids`, `paired` as there) and the fewest seeds one of them ran. Unlike the binomial
+    SE, which counts only which validation images were drawn, this includes training noise. NaN with fewer
+    than two search seeds per trial."""
     search = rows[(rows["stage"] == "search") & rows["trial_id"].isin(list(trial_ids))]
     if search.empty:
         return math.nan, 0
     objective = get_protocol(search["protocol"].iloc[0]).search.objective
     scores = search[objective].astype("float64").where(search["status"] == "ok", 0.0)  # as search_trials scores
     per_seed = scores.groupby([search["trial_id"], search["seed"]]).mean().unstack()  # [trial, seed]
-    return seed_noise(per_seed), int(per_seed.notna().sum(axis=1).min())
+    return seed_noise(per_seed, paired), int(per_seed.notna().sum(axis=1).min())
 
 
-def seed_noise(per_seed: pd.DataFrame) -> float:
-    """The variance one configuration's mean over seeds has from seed noise alone: each row's (configuration's)
-    variance over its seeds (columns) divided by how many it has, averaged over rows. NaN when a row has
-    fewer than two seeds."""
+def seed_noise(per_seed: pd.DataFrame, paired: bool = False) -> float:
+    """The variance one configuration's mean over seeds (a row's mean over its columns) has from seed noise.
+
+    Unpaired: each row's variance over its seeds divided by how many it has, averaged over rows: how far one
+    configuration's number would move on other seeds. Paired: only the configuration x seed interaction.
+    When every configuration ran the same seeds, a seed that is easier for all of them (a few-shot sample,
+    a validation draw) raises all alike and reorders none, so it is no noise for a comparison or a rank
+    correlation between them: the residual mean square of the two-way table (rows with every seed), over
+    (rows - 1) x (seeds - 1) degrees of freedom, divided by the seeds. NaN when a row has fewer than two
+    seeds (paired: fewer than two complete rows)."""
     seeds = per_seed.notna().sum(axis=1)
     if per_seed.empty or seeds.min() < 2:
         return math.nan
-    return float((per_seed.var(axis=1, ddof=1) / seeds).mean())
+    if not paired:
+        return float((per_seed.var(axis=1, ddof=1) / seeds).mean())
+    table = per_seed.dropna()
+    n_rows, n_seeds = table.shape
+    if n_rows < 2:
+        return math.nan
+    residual = table.sub(table.mean(axis=1), axis=0).sub(table.mean(axis=0), axis=1) + table.to_numpy().mean()
+    return float((residual**2).to_numpy().sum() / ((n_rows - 1) * (n_seeds - 1)) / n_seeds)
+
+
+def per_seed_final(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each final variant's headline number (`final_objective`) on each seed alone: [variant, seed]."""
+    final = rows[rows["stage"] == "final"]
+    columns = {seed: final_objective(group).set_index("variant")["final"] for seed, group in final.groupby("seed")}
+    return pd.DataFrame(columns)
 
 
 def best_search_trials(rows: pd.DataFrame, k: int = 5) -> pd.DataFrame:
@@ -253,6 +275,51 @@ def best_search_trials(rows: pd.DataFrame, k: int = 5) -> pd.DataFrame:
     trials = search_trials(rows)
     trials = trials[trials["complete"].astype(bool)]
     return trials.sort_values(["objective", "finished_at"], ascending=[False, True]).head(k).reset_index(drop=True)
+
+
+PARSIMONY = "n_ctx"  # the one-SE rule's measure of a configuration's size: learned context vectors
+
+
+@dataclass(frozen=True)
+class OneSePick:
+    """What the one-standard-error rule chose: the trial, the SE it used and where that SE came from, and how
+    many complete trials lay within one SE of the best (the window it chose from)."""
+
+    trial_id: str
+    se: float
+    se_source: str
+    window: int
+
+
+def one_se_pick(rows: pd.DataFrame) -> OneSePick | None:
+    """The one-standard-error rule of model selection (Breiman et al. 1984; Hastie, Tibshirani and Friedman,
+    The Elements of Statistical Learning, 7.10) over a sweep's complete search trials (`one_se_choice`). The SE
+    is one trial's objective's spread over its search seeds (pooled over the complete trials) where every
+    trial ran two or more, else the best trial's binomial SE (a lower bound). None when no trial completed."""
+    ranked = best_search_trials(rows, k=len(rows))
+    if ranked.empty:
+        return None
+    variance, _ = objective_seed_noise(rows, ranked["trial_id"])
+    if math.isnan(variance):
+        se, source = float(ranked["objective_se"].iloc[0]), "the best trial's binomial SE"
+    else:
+        se, source = math.sqrt(variance), "one trial's spread over its search seeds"
+    sizes = ranked[PARSIMONY] if PARSIMONY in searched_params(rows) else None
+    position, window = one_se_choice(ranked["objective"], sizes, se)
+    return OneSePick(str(ranked["trial_id"].iloc[position]), se, source, window)
+
+
+def one_se_choice(objective: pd.Series, sizes: pd.Series | None, se: float) -> tuple[int, int]:
+    """Among configurations ranked best first (`objective`, ties already broken), those within `se` of the
+    first are not told apart by the objective; of them, the one with the smallest size (ties: the higher
+    rank), since a smaller prompt has less to overfit. Returns (its position, how many were within). With no
+    sizes (the context length not searched) or a NaN SE, the first."""
+    objective = pd.Series(objective, dtype="float64").reset_index(drop=True)
+    within = objective >= objective.iloc[0] - (0.0 if math.isnan(se) else se)
+    if sizes is None:
+        return 0, int(within.sum())
+    candidates = pd.Series(sizes, dtype="float64").reset_index(drop=True)[within]
+    return int(candidates.idxmin()), int(within.sum())  # idxmin: the first (highest-ranked) of equal sizes
 
 
 def evenly_spaced_ranks(n_trials: int, k: int) -> list[int]:

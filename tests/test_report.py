@@ -14,16 +14,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from dualprompt.config import Config
-from dualprompt.report import _ceiling_words
+from dualprompt.report import _ceiling_words, _one_se_words
 from dualprompt.results import ResultRow, load_results, rows_to_table, write_rows
 from dualprompt.tables import (
     TablesError,
     best_search_trials,
     few_shot_summary,
+    final_objective,
     noise_ceiling,
     objective_validity,
+    one_se_pick,
     reliability,
     search_trials,
+    seed_noise,
     spearman,
     spearman_interval,
     summarise,
@@ -124,31 +127,82 @@ def test_objective_validity_pairs_each_searched_variant_with_its_trial():
     # Each objective has a binomial SE of 4 (variance 16) and the four objectives spread by var 1.67: the
     # noise alone covers that spread, so no correlation could show here, whatever 0.8 says.
     assert table["objective_se"].tolist() == [4.0] * 4
-    words = " ".join(_ceiling_words(table, frame(rows)))
+    words = " ".join(_ceiling_words(table.reset_index(), frame(rows)))
     assert "leaves 0% of their spread" in words and "at most about **0.00**" in words and "(2 seeds)" in words
     # Rows without an SE (pandas' nullable NA in the column): no ceiling line, no error.
-    assert _ceiling_words(table.assign(objective_se=pd.array([None] * 4, dtype="Float64")), frame(rows)) == []
+    no_se = table.reset_index().assign(objective_se=pd.array([None] * 4, dtype="Float64"))
+    assert _ceiling_words(no_se, frame(rows)) == []
     # The defaults' trial validated again under its rank counts once, as the defaults.
     rows += [final("top4", d, s, 75.0 + s, 60.0, search_trial="s00") for d in "ab" for s in (1, 2)]
     assert sorted(objective_validity(frame(rows))["variant"]) == ["best", "defaults", "top2", "top3"]
 
 
 def test_noise_ceiling_uses_the_objectives_spread_over_search_seeds_when_a_trial_ran_several():
-    # Trial i scores 50 + 4i - 1 on seed 1 and 50 + 4i + 1 on seed 2: a seed variance of 2, so its two-seed
-    # mean has noise variance 1, against a spread of var(50, 54, 58, 62) = 26.67 over the trials: 96% real,
-    # where the binomial SE (4 per job, 2.83 per trial, variance 8) would leave only 70%.
-    rows = [search(i, 0.1 * (i + 1), 2 + i, "mix", 50.0 + 4 * i + (1 if seed == 2 else -1), seed=seed)
+    # Trial i scores 50 + 4i - d_i on seed 1 and 50 + 4i + d_i + 2 on seed 2, d = (1, -1, 1, -1): seed 2 is
+    # 2 points easier for every trial, which reorders none; what does is the interaction, residuals +-1 over
+    # 3 x 1 degrees of freedom: variance 8/3, so a two-seed mean's noise is 4/3 against a spread of
+    # var(51, 55, 59, 63) = 26.67 over the trials: 95% real. Unpaired it would be 92% (trial variances 8 and
+    # 0); the binomial SE (4 per job, 2.83 per trial, variance 8) would leave only 70%.
+    rows = [search(i, 0.1 * (i + 1), 2 + i, "mix", 50.0 + 4 * i + ((-1) ** i) * (1 if seed == 2 else -1)
+                   + (2 if seed == 2 else 0), seed=seed)
             for i in range(4) for seed in (1, 2)]
     for variant, trial, base in (("best", "s03", 80.0), ("top2", "s02", 79.0), ("top3", "s01", 70.0),
                                  ("defaults", "s00", 75.0)):
         rows += [final(variant, d, s, base + s, 60.0, search_trial=trial) for d in "ab" for s in (1, 2)]
     table = objective_validity(frame(rows))
     words = " ".join(_ceiling_words(table, frame(rows)))
-    assert "the objectives' spread over their 2 search seeds leaves 96% of their spread" in words
+    assert "the objectives' spread over their 2 search seeds leaves 95% of their spread" in words
     assert "binomial" not in words
     one_seed = [r for r in rows if r.stage == "final" or r.config.to_flat()["seed"] == 1]
-    assert "the objectives' binomial SE leaves 40%" in " ".join(_ceiling_words(objective_validity(frame(one_seed)),
+    # Seed 1 alone: objectives 49, 55, 57, 63 (variance 33.3), one job each with SE 4 (variance 16): 52%.
+    assert "the objectives' binomial SE leaves 52%" in " ".join(_ceiling_words(objective_validity(frame(one_seed)),
                                                                               frame(one_seed)))
+
+
+def test_paired_seed_noise_counts_only_what_can_reorder_configurations():
+    # Seed 2 is 3 points easier for both configurations: unpaired, each row varies by 4.5 over its seeds (its
+    # two-seed mean by 2.25); paired, nothing can reorder them.
+    offset = pd.DataFrame({1: [10.0, 20.0], 2: [13.0, 23.0]})
+    assert seed_noise(offset) == pytest.approx(4.5 / 2) and seed_noise(offset, paired=True) == pytest.approx(0.0)
+    # Rows m_i -+ d_i with d = (1, -1, 0): residuals +-1, +-1, 0 over (3 - 1) x (2 - 1) = 2 degrees of freedom,
+    # variance 2, so a two-seed mean has noise 1 (unpaired: variances 2, 2, 0, halved, mean 2/3).
+    crossed = pd.DataFrame({1: [49.0, 61.0, 70.0], 2: [51.0, 59.0, 70.0]})
+    assert seed_noise(crossed, paired=True) == pytest.approx(1.0) and seed_noise(crossed) == pytest.approx(2 / 3)
+    assert math.isnan(seed_noise(crossed[[1]], paired=True)) and math.isnan(seed_noise(crossed.iloc[:1], paired=True))
+
+
+def _one_se_rows(seeds=(1, 2), same_n_ctx: bool = False):
+    """Four trials, one job a seed: n_ctx 4, 16, 8, 2 with objectives 61, 70, 69, 67 (seed 1 one point below,
+    seed 2 one above: each trial's seed variance 2, so a two-seed mean has SE 1; one job alone has SE 4)."""
+    spec = ((4, 61.0), (16, 70.0), (8, 69.0), (2, 67.0))
+    return [search(i, 0.5, 4 if same_n_ctx else n_ctx, "mix", score + (1 if seed == 2 else -1), seed=seed)
+            for i, (n_ctx, score) in enumerate(spec) for seed in seeds]
+
+
+def test_one_se_pick_takes_the_fewest_context_vectors_within_one_se_of_the_best():
+    pick = one_se_pick(frame(_one_se_rows()))
+    # Within 70 - 1: s01 (16 vectors) and s02 (8): the smaller prompt. s03 (2 vectors, 67) is outside.
+    assert (pick.trial_id, pick.se, pick.window) == ("s02", pytest.approx(1.0), 2)
+    assert pick.se_source == "one trial's spread over its search seeds"
+    # One search seed: the best trial's binomial SE (4), a window down to 65 that holds s03.
+    one_seed = one_se_pick(frame(_one_se_rows(seeds=(1,))))
+    assert (one_seed.trial_id, one_seed.se, one_seed.window) == ("s03", pytest.approx(4.0), 3)
+    assert one_seed.se_source == "the best trial's binomial SE"
+    # The context length not searched: nothing is simpler, so the rule is the highest objective.
+    assert one_se_pick(frame(_one_se_rows(same_n_ctx=True))).trial_id == "s01"
+    assert one_se_pick(frame([final("coop", "a", 1, 80.0, 60.0)])) is None  # no search trial
+
+
+def test_report_names_the_one_se_pick_and_what_it_bought():
+    rows = _one_se_rows()
+    for variant, trial, base in (("best", "s01", 70.0), ("one_se", "s02", 74.0), ("defaults", "s00", 72.0)):
+        rows += [final(variant, "a", s, base + s, 60.0, search_trial=trial) for s in (1, 2)]
+    table = frame(rows)
+    words = " ".join(_one_se_words(table, final_objective(table[table["stage"] == "final"]).set_index("variant")))
+    assert "of the 2 complete trials whose objective lies within one SE (1.00 points" in words
+    assert "the fewest context vectors (8): Dual-view, one-SE pick." in words
+    expected = hm(75.5, 60.0) - hm(71.5, 60.0)
+    assert f"Minus dual-view, searched: {expected:+.2f} points" in words and "Minus dual-view, defaults" in words
 
 
 def test_spearman_interval_is_fisher_z_with_bonett_wright_variance():

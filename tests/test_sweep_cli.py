@@ -127,7 +127,7 @@ def test_evenly_spaced_ranks_span_best_to_worst():
 def test_final_stage_validates_the_next_ranks_and_a_spread_down_to_the_worst():
     from dualprompt.results import load_results
     from dualprompt.sweep_cli import final_variants
-    from dualprompt.tables import best_search_trials, evenly_spaced_ranks, searched_params
+    from dualprompt.tables import best_search_trials, evenly_spaced_ranks, one_se_pick, searched_params
 
     rows = load_results(str(EXAMPLE))
     ranked = best_search_trials(rows, k=len(rows))["trial_id"].tolist()  # the example's 64 complete trials
@@ -135,17 +135,27 @@ def test_final_stage_validates_the_next_ranks_and_a_spread_down_to_the_worst():
     first = rows[rows["trial_id"] == defaults_trial].iloc[0]  # the sweep's first search point: its defaults
     defaults = {name: first[name] for name in searched_params(rows)}
     baselines = ("zeroshot", "coop", "kgcoop")
+    one_se = one_se_pick(rows).trial_id
+    assert ranked.index(one_se) == 3  # search rank 4: 7 context vectors where ranks 1-3 and 5 have 10 to 16
 
-    def searched(validate_top: int, validate_spread: int) -> dict[str, str]:
-        variants = final_variants(rows, list(defaults), defaults, baselines, validate_top, False, validate_spread)
-        return {v["variant"]: v["search_trial_id"] for v in variants if v["variant"].startswith(("best", "top"))}
+    def searched(validate_top: int, validate_spread: int, with_one_se: bool = False) -> dict[str, str]:
+        variants = final_variants(rows, list(defaults), defaults, baselines, validate_top, False, validate_spread,
+                                  with_one_se)
+        return {v["variant"]: v["search_trial_id"] for v in variants
+                if v["variant"].startswith(("best", "top", "one_se"))}
 
-    # Without a spread: best and the next ranks, as before the option existed.
+    def named(ranks) -> dict[str, str]:  # with --one-se, the pick's trial is trained once, under that name
+        return {"one_se" if ranked[r - 1] == one_se else f"top{r}": ranked[r - 1] for r in ranks}
+
+    # Without a spread: best and the next ranks, as before the options existed.
     assert searched(4, 0) == {"best": ranked[0], **{f"top{r}": ranked[r - 1] for r in range(2, 6)}}
     # With one: ranks 17, 33, 48 and 64 too, the last the worst of the search.
     assert searched(4, 4) == {**searched(4, 0), **{f"top{r}": ranked[r - 1] for r in (17, 33, 48, 64)}}
     # A spread rank inside the top ranks is trained once.
     assert searched(20, 4) == {**searched(20, 0), **{f"top{r}": ranked[r - 1] for r in (33, 48, 64)}}
+    # --one-se adds the pick, or names its rank so where that rank is validated anyway.
+    assert searched(0, 0, True) == {"best": ranked[0], "one_se": one_se}
+    assert searched(4, 4, True) == {"best": ranked[0], **named((2, 3, 4, 5, 17, 33, 48, 64))}
     # So is the defaults' trial, under the name "defaults": a spread whose ranks include it trains one fewer.
     defaults_rank = ranked.index(first["trial_id"]) + 1
     spread = next(k for k in range(2, len(ranked)) if defaults_rank - 1 in evenly_spaced_ranks(len(ranked), 1 + k))
@@ -156,8 +166,13 @@ def test_final_stage_validates_the_next_ranks_and_a_spread_down_to_the_worst():
 def test_the_spread_option_keeps_existing_sweep_names():
     import runpy
 
-    from dualprompt.sweep_cli import plan
+    from dualprompt.sweep_cli import _changed_settings, plan
 
     sweep = runpy.run_path(str(SCRIPT), run_name="declaration")["SWEEP"]
     names = [plan(sweep, args).name for args in ([], ["--validate-spread", "0"], ["--validate-spread", "4"])]
     assert names[0] == names[1] != names[2]
+    # So does --one-se, a final-stage setting that a finished sweep may add later (like --ablations).
+    with_one_se = plan(sweep, ["--one-se"])
+    assert with_one_se.name != names[0] and with_one_se.settings["one_se"] is True
+    assert "one_se" not in plan(sweep, []).settings
+    assert _changed_settings(plan(sweep, []).settings, plan(sweep, ["--one-se", "--ablations"]).settings) == []

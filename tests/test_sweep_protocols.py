@@ -18,7 +18,7 @@ from dualprompt import load_prompt
 from dualprompt.data.synthetic import DOMAIN_GENERALISATION_TARGETS, SOURCE_DATASET
 from dualprompt.protocols import get_protocol
 from dualprompt.results import KEY_COLUMNS, read_results
-from dualprompt.tables import best_search_trials
+from dualprompt.tables import best_search_trials, one_se_pick
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -63,18 +63,21 @@ def base2new(tmp_path_factory):
     root = tmp_path_factory.mktemp("b2n")
     marker = root / "fault-marker"
     result = sweep("base2new.py", ["--num-samples", "3", "--seeds", "1,2", "--validate-top", "1",
-                                   "--validate-spread", "1", "--ablations",
+                                   "--validate-spread", "1", "--ablations", "--one-se",
                                    "--storage-path", str(root / "results"), "--name", "b2n"],
                    sweep_env(root, DUALPROMPT_FAULT_ONCE=str(marker)), timeout=600)
     return {"root": root, "rows": read_results(root / "results" / "b2n"), "marker": marker, "result": result}
 
 
 def expected_final_variants(rows) -> list[str]:
-    """best, defaults, ranks 2 and 3 (those that are not the defaults' trial), baselines, ablations."""
+    """best, defaults, the one-SE pick where it is neither, ranks 2 and 3 (those that are not the defaults' or
+    the one-SE pick's trial), baselines, ablations."""
     ranked = best_search_trials(rows, k=3)["trial_id"].tolist()
     defaults_trial = rows.loc[rows["variant"] == "defaults", "search_trial_id"].iloc[0]
-    ranks = [f"top{r}" for r in (2, 3) if ranked[r - 1] != defaults_trial]
-    return ["best", "defaults", *ranks, "zeroshot", "coop", "kgcoop", "mi_only", "aug_only"]
+    pick = one_se_pick(rows).trial_id
+    one_se = ["one_se"] if pick not in (ranked[0], defaults_trial) else []
+    ranks = [f"top{r}" for r in (2, 3) if ranked[r - 1] not in (defaults_trial, pick)]
+    return ["best", "defaults", *one_se, *ranks, "zeroshot", "coop", "kgcoop", "mi_only", "aug_only"]
 
 
 @pytest.mark.timeout(700)

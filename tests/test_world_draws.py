@@ -142,12 +142,15 @@ def test_bad_arguments_are_one_sentence_before_any_work(capsys, args, message):
 
 
 def _hand_jobs(step: float) -> list[dict]:
-    """Three configurations x two seeds, one dataset: objective (mean of two folds) 50 + step * i, and 2 more
-    with seed 2 -> the configurations' means have variance step^2, the seed variance is 2 each, so the noise
-    of a mean is 2 / 2 = 1. The final HM (base = new) has the same spread and noise, 10 points higher."""
+    """Three configurations x two seeds, one dataset: objective (mean of two folds) 50 + step * i - d_i on
+    seed 1 and 50 + step * i + d_i + 3 on seed 2, d = (1, -1, 0). The configurations' means have variance
+    step^2; seed 2's 3 points for all reorder nothing, the interaction (residuals +-1, +-1, 0 over 2 degrees
+    of freedom: variance 2) gives a two-seed mean noise 1. The final HM (base = new) has the same spread and
+    noise, 10 points higher."""
     jobs = []
     for i, variant in enumerate(("defaults", "rank 1", "rank 2")):
-        for seed, shift in ((1, 0.0), (2, 2.0)):
+        d = (1.0, -1.0, 0.0)[i]
+        for seed, shift in ((1, -d), (2, d + 3.0)):
             jobs += [{"variant": variant, "dataset": "d", "seed": seed, "stage": "search", "fold": f,
                       "acc_val_pseudobase": 70.0, "acc_val_pseudonew": 40.0, "hm_val": 50.0 + step * i + shift}
                      for f in (0, 1)]

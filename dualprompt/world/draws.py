@@ -257,14 +257,14 @@ def per_seed_measures(jobs: list[dict]) -> dict[str, pd.DataFrame]:
 
 def spread_and_noise(jobs: list[dict]) -> dict[str, tuple[float, float]]:
     """For the objective and the final HM: (variance of the configurations' means over seeds, the variance
-    one such mean has from seed noise alone: each configuration's variance over seeds divided by the seeds,
-    averaged). The noise is NaN with one seed."""
+    one such mean has from the seed noise that can reorder them: `tables.seed_noise`, paired, since every
+    configuration runs the same seeds). The noise is NaN with one seed."""
     from dualprompt.tables import seed_noise
 
     out = {}
     for name, table in per_seed_measures(jobs).items():
         means = table.mean(axis=1)
-        out[name] = (means.var(ddof=1) if len(means) >= 3 else float("nan"), seed_noise(table))
+        out[name] = (means.var(ddof=1) if len(means) >= 3 else float("nan"), seed_noise(table, paired=True))
     return out
 
 
