@@ -153,7 +153,7 @@ def test_final_stage_validates_the_next_ranks_and_a_spread_down_to_the_worst():
     assert searched(4, 4) == {**searched(4, 0), **{f"top{r}": ranked[r - 1] for r in (17, 33, 48, 64)}}
     # A spread rank inside the top ranks is trained once.
     assert searched(20, 4) == {**searched(20, 0), **{f"top{r}": ranked[r - 1] for r in (33, 48, 64)}}
-    # --one-se adds the pick, or names its rank so where that rank is validated anyway.
+    # --one-se adds the pick, under that name also where its rank is validated anyway.
     assert searched(0, 0, True) == {"best": ranked[0], "one_se": one_se}
     assert searched(4, 4, True) == {"best": ranked[0], **named((2, 3, 4, 5, 17, 33, 48, 64))}
     # So is the defaults' trial, under the name "defaults": a spread whose ranks include it trains one fewer.

@@ -71,3 +71,10 @@ def test_picks_smoke_runs_every_draw_and_rereads_its_json(isolated_dirs):
     again = subprocess.run([sys.executable, "-m", "dualprompt.world.picks", "--from-json", str(out_file)],
                            capture_output=True, text=True, cwd=REPO, timeout=120)
     assert again.returncode == 0 and again.stdout == summary, again.stderr[-2000:]
+
+
+def test_a_file_of_another_shape_is_one_sentence(tmp_path, capsys):
+    other = tmp_path / "draws.json"
+    other.write_text(json.dumps({"configs": {}, "datasets": [], "seeds": [1], "rows": []}))  # a world.draws file
+    assert picks.main(["--from-json", str(other)]) == 2
+    assert f"--from-json: {other} is not a file that `world.picks --json` wrote" in capsys.readouterr().err

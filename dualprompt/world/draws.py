@@ -50,6 +50,16 @@ SMOKE = {"datasets": ("synthetic_blurry",), "draws": ("AB", "CD"), "seeds": (1,)
 FULL_BLOCK = (BLOCK_SIZE, BLOCK_SIZE)  # colours x shapes of a block
 
 
+def smoke_configs() -> dict[str, dict]:
+    """The smoke runs' configurations: the offline dual-view defaults at the smoke budget and two others."""
+    from dualprompt.config import Config
+    from dualprompt.data.synthetic import OFFLINE_TRAINING
+
+    defaults = {**Config().to_flat(), **OFFLINE_TRAINING, "method": "dualprompt", **SMOKE["config"]}
+    return {"defaults": defaults, "other 1": {**defaults, "n_ctx": 8, "mi_weight": 2.0},
+            "other 2": {**defaults, "n_ctx": 2, "aug_strength": 0.0}}
+
+
 def block_order(draw: str, block: tuple[int, int] = FULL_BLOCK) -> list[int]:
     """Labels of the committed layout in the order that makes `draw`'s two blocks base (first, in the
     order named, so fold 0's pseudo-base is the first letter) and the other two new. With `block` =
@@ -409,7 +419,6 @@ def run(args: argparse.Namespace) -> int:
 
     from dualprompt.backbone import load_backbone
     from dualprompt.config import Config
-    from dualprompt.data.synthetic import OFFLINE_TRAINING
     from dualprompt.experiment import Experiment
     from dualprompt.storage import write_bytes_atomically
 
@@ -418,9 +427,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("data_root", args.data_root), ("cache_dir", args.cache_dir)) if v}
     if args.smoke:
         datasets, draws, seeds = SMOKE["datasets"], SMOKE["draws"], SMOKE["seeds"]
-        defaults = {**Config().to_flat(), **OFFLINE_TRAINING, "method": "dualprompt", **SMOKE["config"]}
-        configs = {"defaults": defaults, "other 1": {**defaults, "n_ctx": 8, "mi_weight": 2.0},
-                   "other 2": {**defaults, "n_ctx": 2, "aug_strength": 0.0}}
+        configs = smoke_configs()
     else:
         configs = sweep_configs(args.sweep, args.configs)
     side = "" if args.block == FULL_BLOCK else f", blocks cut to {args.block[0]} colours x {args.block[1]} shapes"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dualprompt.world.draws import DRAWS, N_FOLDS, SMOKE, relabel_for, sweep_configs
+from dualprompt.world.draws import DRAWS, N_FOLDS, SMOKE, relabel_for, smoke_configs, sweep_configs
 
 RULES = ("highest", "one_se")
 HELD_OUT = tuple(d for d in DRAWS if d != "AB")  # the draws a sweep of the committed world never saw
@@ -142,20 +142,38 @@ def print_summaries(summaries: dict[str, dict], configs: dict[str, dict]) -> Non
               + "  ".join(f"{d} {v:+.2f}" for d, v in zip(summaries, values, strict=True)))
 
 
+def read_records(paths: list[str]) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """draw -> its rows, and the configurations, from files that `--json` wrote; a file of another shape is one
+    sentence."""
+    from dualprompt.errors import UsageError
+
+    by_draw, configs = {}, {}
+    for path in paths:
+        try:
+            record = json.loads(Path(path).read_text())
+            draws, named = dict(record["draws"]), dict(record["configs"])
+            if not all(any(r.get("stage") == "picks" for r in rows) for rows in draws.values()):
+                raise KeyError("picks")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise UsageError(f"--from-json: {path} is not a file that `world.picks --json` wrote ({error!r}); pass "
+                             "such files.") from error
+        by_draw.update(draws)
+        configs.update(named)
+    return by_draw, configs
+
+
 def main(argv: list[str] | None = None) -> int:
     from dualprompt.errors import DualpromptError
 
     args = parse_args(argv)
     try:
         if args.from_json:
-            records = [json.loads(Path(p).read_text()) for p in args.from_json]
-            by_draw = {d: rows for r in records for d, rows in r["draws"].items()}
-            configs = {k: v for r in records for k, v in r["configs"].items()}
+            by_draw, configs = read_records(args.from_json)
             print_summaries({d: draw_summary(rows) for d, rows in by_draw.items()}, configs)
             return 0
         return run(args)
-    except (DualpromptError, KeyError, ValueError) as error:
-        print(f"python -m dualprompt.world.picks: error: {error!r}", file=sys.stderr)
+    except DualpromptError as error:
+        print(f"python -m dualprompt.world.picks: error: {error}", file=sys.stderr)
         return 2
 
 
@@ -164,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dualprompt.backbone import load_backbone
     from dualprompt.config import Config
-    from dualprompt.data.synthetic import BASE_TO_NEW_DATASETS, OFFLINE_TRAINING
+    from dualprompt.data.synthetic import BASE_TO_NEW_DATASETS
     from dualprompt.experiment import Experiment
     from dualprompt.storage import write_bytes_atomically
 
@@ -172,10 +190,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("data_root", args.data_root), ("cache_dir", args.cache_dir)) if v}
     datasets, draws, seeds = BASE_TO_NEW_DATASETS, args.draws, tuple(range(1, args.seeds + 1))
     if args.smoke:
-        datasets, draws, seeds = SMOKE["datasets"], ("AC", "BD"), SMOKE["seeds"]
-        defaults = {**Config().to_flat(), **OFFLINE_TRAINING, "method": "dualprompt", **SMOKE["config"]}
-        configs = {"defaults": defaults, "other 1": {**defaults, "n_ctx": 8, "mi_weight": 2.0},
-                   "other 2": {**defaults, "n_ctx": 2, "aug_strength": 0.0}}
+        datasets, draws, seeds, configs = SMOKE["datasets"], ("AC", "BD"), SMOKE["seeds"], smoke_configs()
     else:
         configs = sweep_configs(args.sweep, 10**6)  # the defaults, then every complete trial by objective rank
     print(f"Draws {','.join(draws)} x {len(configs)} configurations x search seeds "
