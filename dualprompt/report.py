@@ -222,15 +222,15 @@ def _one_se_words(rows: pd.DataFrame, by: pd.DataFrame) -> list[str]:
     """Which trial the one-SE rule picked, from how many, and its final number against the highest objective's
     and the defaults' (under whichever final variant trained that trial)."""
     pick = one_se_pick(rows)
-    final = rows[(rows["stage"] == "final") & (rows["search_trial_id"] == (pick.trial_id if pick else None))]
-    if pick is None or final.empty:
+    if pick is None:
+        return []
+    final = rows[(rows["stage"] == "final") & (rows["search_trial_id"] == pick.trial_id)]
+    if final.empty:
         return []
     variant = min(final["variant"].unique(), key=variant_order)
-    size = search_trials(rows).set_index("trial_id").loc[pick.trial_id].get("n_ctx")
     words = [f"**One-SE pick**: of the {pick.window} complete trials whose objective lies within one SE "
              f"({pick.se:.2f} points, {pick.se_source}) of the highest, the one with the fewest context vectors"
-             f"{f' ({int(size)})' if size is not None and not pd.isna(size) else ''}: "
-             f"{variant_label(variant)}."]
+             f"{'' if math.isnan(pick.size) else f' ({int(pick.size)})'}: {variant_label(variant)}."]
     for other in ("best", "defaults"):
         if other != variant and {other, variant} <= set(by.index):
             diff = by.loc[variant, "final"] - by.loc[other, "final"]

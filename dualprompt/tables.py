@@ -26,7 +26,6 @@ VARIANT_LABEL = {"zeroshot": "CLIP", "coop": "CoOp", "kgcoop": "KgCoOp", "best":
                  "one_se": "Dual-view, one-SE pick", "defaults": "Dual-view, defaults",
                  "mi_only": "Dual-view, searched, MI only", "aug_only": "Dual-view, searched, augmentation only"}
 BASELINE_VARIANTS = ("zeroshot", "coop", "kgcoop")
-SEARCHED_VARIANTS = ("best", "mi_only", "aug_only")  # the ablations train the best configuration minus a term
 SUMMARY_COLUMNS = ["variant", "dataset", "base", "base_std", "new", "new_std", "hm", "hm_std", "n_seeds",
                    "n_failed"]
 
@@ -231,13 +230,20 @@ def objective_seed_noise(rows: pd.DataFrame, trial_ids, paired: bool = False) ->
     objectives of `trial_ids`, `paired` as there) and the fewest seeds one of them ran. Unlike the binomial
     SE, which counts only which validation images were drawn, this includes training noise. NaN with fewer
     than two search seeds per trial."""
+    per_seed = per_seed_objectives(rows, trial_ids)
+    if per_seed.empty:
+        return math.nan, 0
+    return seed_noise(per_seed, paired), int(per_seed.notna().sum(axis=1).min())
+
+
+def per_seed_objectives(rows: pd.DataFrame, trial_ids) -> pd.DataFrame:
+    """Each search trial's objective on each of its seeds alone: [trial, seed] (empty without search rows)."""
     search = rows[(rows["stage"] == "search") & rows["trial_id"].isin(list(trial_ids))]
     if search.empty:
-        return math.nan, 0
+        return pd.DataFrame()
     objective = get_protocol(search["protocol"].iloc[0]).search.objective
     scores = search[objective].astype("float64").where(search["status"] == "ok", 0.0)  # as search_trials scores
-    per_seed = scores.groupby([search["trial_id"], search["seed"]]).mean().unstack()  # [trial, seed]
-    return seed_noise(per_seed, paired), int(per_seed.notna().sum(axis=1).min())
+    return scores.groupby([search["trial_id"], search["seed"]]).mean().unstack()
 
 
 def seed_noise(per_seed: pd.DataFrame, paired: bool = False) -> float:
@@ -282,10 +288,12 @@ PARSIMONY = "n_ctx"  # the one-SE rule's measure of a configuration's size: lear
 
 @dataclass(frozen=True)
 class OneSePick:
-    """What the one-standard-error rule chose: the trial, the SE it used and where that SE came from, and how
-    many complete trials lay within one SE of the best (the window it chose from)."""
+    """What the one-standard-error rule chose: the trial (or configuration) and its size (NaN when the size
+    was not searched), the SE it used and where that SE came from, and how many lay within one SE of the
+    best (the window it chose from)."""
 
     trial_id: str
+    size: float
     se: float
     se_source: str
     window: int
@@ -296,30 +304,31 @@ def one_se_pick(rows: pd.DataFrame) -> OneSePick | None:
     The Elements of Statistical Learning, 7.10) over a sweep's complete search trials (`one_se_choice`). The SE
     is one trial's objective's spread over its search seeds (pooled over the complete trials) where every
     trial ran two or more, else the best trial's binomial SE (a lower bound). None when no trial completed."""
-    ranked = best_search_trials(rows, k=len(rows))
+    ranked = best_search_trials(rows, k=len(rows)).set_index("trial_id")
     if ranked.empty:
         return None
-    variance, _ = objective_seed_noise(rows, ranked["trial_id"])
+    sizes = ranked[PARSIMONY] if PARSIMONY in searched_params(rows) else None
+    return one_se_choice(ranked["objective"], per_seed_objectives(rows, ranked.index), sizes,
+                         float(ranked["objective_se"].iloc[0]))
+
+
+def one_se_choice(objective: pd.Series, per_seed: pd.DataFrame, sizes: pd.Series | None,
+                  best_binomial_se: float) -> OneSePick:
+    """The rule on configurations ranked best first (`objective`, indexed by name, ties already broken), with
+    their per-seed objectives [name, seed] and sizes (None: not searched). The SE is one configuration's
+    spread over its seeds (`seed_noise`, unpaired, as the rule is stated) where each ran two or more, else
+    the best's binomial SE. Those within one SE of the first are not told apart by the objective; of them,
+    the smallest (ties: the higher rank), since a smaller prompt has less to overfit; without sizes or with
+    a NaN SE, the first."""
+    variance = seed_noise(per_seed.reindex(objective.index))
     if math.isnan(variance):
-        se, source = float(ranked["objective_se"].iloc[0]), "the best trial's binomial SE"
+        se, source = best_binomial_se, "the best trial's binomial SE"
     else:
         se, source = math.sqrt(variance), "one trial's spread over its search seeds"
-    sizes = ranked[PARSIMONY] if PARSIMONY in searched_params(rows) else None
-    position, window = one_se_choice(ranked["objective"], sizes, se)
-    return OneSePick(str(ranked["trial_id"].iloc[position]), se, source, window)
-
-
-def one_se_choice(objective: pd.Series, sizes: pd.Series | None, se: float) -> tuple[int, int]:
-    """Among configurations ranked best first (`objective`, ties already broken), those within `se` of the
-    first are not told apart by the objective; of them, the one with the smallest size (ties: the higher
-    rank), since a smaller prompt has less to overfit. Returns (its position, how many were within). With no
-    sizes (the context length not searched) or a NaN SE, the first."""
-    objective = pd.Series(objective, dtype="float64").reset_index(drop=True)
     within = objective >= objective.iloc[0] - (0.0 if math.isnan(se) else se)
-    if sizes is None:
-        return 0, int(within.sum())
-    candidates = pd.Series(sizes, dtype="float64").reset_index(drop=True)[within]
-    return int(candidates.idxmin()), int(within.sum())  # idxmin: the first (highest-ranked) of equal sizes
+    chosen = objective.index[0] if sizes is None else sizes[within].astype("float64").idxmin()  # first of ties
+    size = math.nan if sizes is None else float(sizes[chosen])
+    return OneSePick(str(chosen), size, se, source, int(within.sum()))
 
 
 def evenly_spaced_ranks(n_trials: int, k: int) -> list[int]:

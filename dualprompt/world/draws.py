@@ -212,14 +212,14 @@ def run_jobs(experiment, configs: dict[str, dict], datasets: tuple[str, ...], se
             search = [(cfg, f) for cfg in cfgs for f in range(N_FOLDS)]
             results = experiment.run_jointly([JobRequest(cfg, "search", fold=f) for cfg, f in search])
             jobs += [{"variant": name, "dataset": cfg.data.dataset, "seed": seed, "stage": "search", "fold": f,
-                      **_metrics(result)} for (cfg, f), result in zip(search, results, strict=True)]
+                      **job_metrics(result)} for (cfg, f), result in zip(search, results, strict=True)]
             results = experiment.run_jointly([JobRequest(cfg, "final") for cfg in cfgs])
             jobs += [{"variant": name, "dataset": cfg.data.dataset, "seed": seed, "stage": "final",
-                      **_metrics(result)} for cfg, result in zip(cfgs, results, strict=True)]
+                      **job_metrics(result)} for cfg, result in zip(cfgs, results, strict=True)]
     return jobs
 
 
-def _metrics(result) -> dict:
+def job_metrics(result) -> dict:
     """A job's metrics; a failed job stops the measurement (a draw's table needs every job)."""
     if isinstance(result, Exception):
         raise result

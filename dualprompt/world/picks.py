@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dualprompt.world.draws import DRAWS, N_FOLDS, SMOKE, relabel_for, smoke_configs, sweep_configs
+from dualprompt.world.draws import DRAWS, N_FOLDS, SMOKE, job_metrics, relabel_for, smoke_configs, sweep_configs
 
 RULES = ("highest", "one_se")
 HELD_OUT = tuple(d for d in DRAWS if d != "AB")  # the draws a sweep of the committed world never saw
@@ -76,18 +76,15 @@ def pick(search: pd.DataFrame, configs: dict[str, dict]) -> dict:
     """Each rule's pick from one draw's search jobs (variant, seed, hm_val, hm_val_se), ranked as a sweep ranks
     trials (objective = mean over a configuration's jobs; ties: the earlier configuration)."""
     from dualprompt.evaluate import mean_se
-    from dualprompt.tables import PARSIMONY, one_se_choice, seed_noise
+    from dualprompt.tables import PARSIMONY, one_se_choice
 
-    order = list(configs)
-    per_seed = search.groupby(["variant", "seed"])["hm_val"].mean().unstack().reindex(order)
-    objective = search.groupby("variant")["hm_val"].mean().reindex(order)
+    objective = search.groupby("variant")["hm_val"].mean().reindex(list(configs))
     ranked = objective.sort_values(ascending=False, kind="stable")
-    variance = seed_noise(per_seed)
-    se = math.sqrt(variance) if not math.isnan(variance) else mean_se(
-        search.loc[search["variant"] == ranked.index[0], "hm_val_se"].tolist())
-    sizes = pd.Series([configs[name].get(PARSIMONY) for name in ranked.index], dtype="float64")
-    position, window = one_se_choice(ranked, sizes, se)
-    return {"highest": ranked.index[0], "one_se": ranked.index[position], "se": se, "window": window,
+    best_jobs = search[search["variant"] == ranked.index[0]]
+    best_se = mean_se(best_jobs["hm_val_se"].tolist()) if "hm_val_se" in best_jobs else math.nan
+    sizes = pd.Series({name: configs[name].get(PARSIMONY) for name in ranked.index}, dtype="float64")
+    chosen = one_se_choice(ranked, search.groupby(["variant", "seed"])["hm_val"].mean().unstack(), sizes, best_se)
+    return {"highest": ranked.index[0], "one_se": chosen.trial_id, "se": chosen.se, "window": chosen.window,
             "objective": objective.to_dict()}
 
 
@@ -101,11 +98,8 @@ def run_draw(experiment, configs: dict[str, dict], datasets: tuple[str, ...], se
         cfgs = [Config.from_flat({**configs[name], **overrides, "dataset": d, "seed": seed}) for d in datasets]
         requests = [(c, f) for c in cfgs for f in (range(N_FOLDS) if stage == "search" else (0,))]
         results = experiment.run_jointly([JobRequest(c, stage, fold=f) for c, f in requests])
-        for result in results:
-            if isinstance(result, Exception):  # a draw's picks need every job
-                raise result
         return [{"variant": name, "dataset": c.data.dataset, "seed": seed, "stage": stage, "fold": f,
-                 **r.metrics, **r.standard_errors} for (c, f), r in zip(requests, results, strict=True)]
+                 **job_metrics(r), **r.standard_errors} for (c, f), r in zip(requests, results, strict=True)]
 
     rows = [row for name in configs for seed in search_seeds for row in jobs(name, seed, "search")]
     picks = pick(pd.DataFrame(rows), configs)
