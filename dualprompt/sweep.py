@@ -187,12 +187,12 @@ def _run_stage(spec: SweepSpec, stage: str) -> int:
         errors, missing = grid.errors, _missing(spec, stage, variants)
         # The search only resumes; the final stage adds the variants the resumed experiment never held (its
         # own were retried there, so a variant that keeps failing does not start an experiment per rerun).
-        held = {(r.config or {}).get("variant", {}).get("variant") for r in grid}
-        added = [v for v in missing if v["variant"] not in held] if variants else []
+        held = {_held((r.config or {}).get("variant", {})) for r in grid}
+        added = [v for v in missing if _held(v) not in held] if variants else []
     if added:
         name = stage if not experiments else f"{stage}-{len(experiments) + 1}"
-        if stage == "final" and len(added) < len(variants):
-            print(f"[final] adding {len(added)} variant(s) to the {len(variants) - len(missing)} already trained")
+        if stage == "final":
+            _say_what_is_added(added, variants, missing)
         errors = _new_tuner(spec, stage, name, trainable, added).fit().errors
         missing = _missing(spec, stage, variants)
     if missing:
@@ -203,18 +203,41 @@ def _run_stage(spec: SweepSpec, stage: str) -> int:
     return 0
 
 
+def _say_what_is_added(added: list[dict[str, Any]], variants: list[dict[str, Any]], missing: list) -> None:
+    """A final stage that adds to a trained one: how many new variants, and which seeds the others gain."""
+    new, untrained = [v for v in added if "seeds" not in v], sum("seeds" not in v for v in missing)
+    if new and untrained < len(variants):
+        print(f"[final] adding {len(new)} variant(s) to the {len(variants) - untrained} already trained")
+    grown = sorted({seed for v in added for seed in v.get("seeds", ())})
+    if grown:
+        print(f"[final] adding seed(s) {','.join(map(str, grown))} to {len(added) - len(new)} variant(s) "
+              "trained on fewer")
+
+
 def _expected(spec: SweepSpec, variants: list[dict[str, Any]] | None) -> int:
     return spec.num_samples if variants is None else len(variants)
 
 
 def _missing(spec: SweepSpec, stage: str, variants: list[dict[str, Any]] | None) -> list:
-    """The search: one entry per trial still to write. The final stage: the variants without a row file (a
-    trial's file is written when all its jobs are done, so a variant is either complete or missing)."""
+    """The search: one entry per trial still to write. The final stage: the variants that lack some of the
+    scope's seeds (a trial's file is written when all its jobs are done, so a seed of a variant is either
+    complete or missing); one trained on fewer seeds than asked for comes back with "seeds": those it lacks."""
     files = _stage_files(spec, stage)
     if variants is None:
         return [None] * max(0, spec.num_samples - len(files))
-    trained = set(load_results(files)["variant"]) if files else set()  # the final stage's own files only
-    return [v for v in variants if v["variant"] not in trained]
+    rows = load_results(files)[["variant", "seed"]] if files else None  # the final stage's own files only
+    missing = []
+    for v in variants:
+        trained = set(rows.loc[rows["variant"] == v["variant"], "seed"]) if rows is not None else set()
+        lacking = [seed for seed in spec.scope.seeds if seed not in trained]
+        if lacking:
+            missing.append(v if not trained else {**v, "seeds": lacking})
+    return missing
+
+
+def _held(variant: dict[str, Any]) -> tuple:
+    """What a final trial trains: its variant and, for one that adds seeds to a trained variant, those seeds."""
+    return variant.get("variant"), tuple(variant.get("seeds", ()))
 
 
 def _experiments(spec: SweepSpec, stage: str) -> list[str]:
@@ -287,7 +310,8 @@ class TrialLine(ray.tune.Callback):
         result = trial.last_result or {}
         params = trial.config.get("variant", trial.config)
         if "overrides" in params:
-            params = {"variant": params["variant"], **params["overrides"]}
+            params = {"variant": params["variant"], **params["overrides"],
+                      **({"seeds": ",".join(map(str, params["seeds"]))} if "seeds" in params else {})}
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
         print(f"[{self.stage}] trial {trial.trial_id} finished: objective {result.get('objective', float('nan')):.2f}"
               f" ({result.get('jobs_ok', '?')}/{result.get('jobs', '?')} jobs ok) {shown}", flush=True)
@@ -305,6 +329,8 @@ def train_driver(params: dict[str, Any], run: dict[str, Any]) -> None:
     variant = params.get("variant", {"variant": "search", "search_trial_id": None, "overrides": params})
     loop = {**run, "overrides": {**run["base_config"], **variant["overrides"]}, "variant": variant["variant"],
             "search_trial_id": variant["search_trial_id"], "trial_id": trial_id, "started_at": started}
+    if "seeds" in variant:  # seeds added to a variant trained on fewer: only those
+        loop["jobs"] = tuple(job for job in run["jobs"] if job.seed in variant["seeds"])
     if run["local"]:
         rows, error = run_jobs(loop, TuneSession()), "the trial process ended without a row for this job"
     else:

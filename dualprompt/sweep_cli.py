@@ -87,7 +87,8 @@ def build_parser(declaration: SweepDeclaration, prog: str) -> argparse.ArgumentP
     add("--shots", help="shots per class; few-shot: comma-separated curve, default 1,2,4,8,16; else one value, "
         "default the config's (16)")
     add("--search-shots", help="shots per class of a search trial; default: the largest of --shots")
-    add("--seeds", help="comma-separated few-shot seeds of the final stage; default 1,2,3")
+    add("--seeds", help="comma-separated few-shot seeds of the final stage; default 1,2,3 (a finished sweep "
+        "may add seeds: its variants train only the seeds they lack)")
     add("--search-seeds", help="comma-separated few-shot seeds of each search trial; default 1,2 offline, "
         "1 on real data and with --smoke")
     add("--folds", type=int, help="pseudo-split folds per search job (1: the rule; 2: also its swap, so every "
@@ -226,13 +227,18 @@ def _pick(args_value: str | None, flag: str, real: tuple[str, ...], offline: tup
 # Settings that only add final-stage variants: a later run may ask for more (the final stage then trains the
 # variants it lacks and keeps every row already written), so they do not pin a sweep's identity.
 FINAL_STAGE_SETTINGS = ("validate_top", "validate_spread", "ablations", "one_se")
+# The final stage's seeds may grow on a finished sweep (every variant then trains the seeds it lacks, so all
+# keep the same seeds), never shrink: rows are never dropped. The saved settings follow the growth.
+GROWING_SETTINGS = ("seeds",)
 
 
 def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What differs from the settings a sweep was started with. Config fields are compared where both have
     them, so a code update that adds a field (with a default) does not block resuming."""
     changed = [k for k, v in now.items()
-               if k not in ("config", *FINAL_STAGE_SETTINGS) and k in saved and saved[k] != v]
+               if k not in ("config", *FINAL_STAGE_SETTINGS, *GROWING_SETTINGS) and k in saved and saved[k] != v]
+    changed += [f"{k} ({','.join(map(str, saved[k]))} already trained: --{k} may add to them, not drop any)"
+                for k in GROWING_SETTINGS if k in saved and not set(saved[k]) <= set(now[k])]
     old, new = saved.get("config", {}), now["config"]
     return changed + [f"{k} (config)" for k in sorted(set(old) & set(new)) if old[k] != new[k]]
 
@@ -371,10 +377,19 @@ def check_storage(p: Plan) -> None:
         if changed:
             raise UsageError(f"Sweep {p.name!r} in {p.rows_dir} was started with different {', '.join(changed)}; "
                              "rerun it with its original settings to resume, or pick a new --name.")
+        grown = {k: p.settings[k] for k in GROWING_SETTINGS if k in saved and saved[k] != p.settings[k]}
+        if grown:  # the next run must keep what this one adds
+            _write_settings(fs, settings_path, {**saved, **grown})
     else:
         fs.create_dir(f"{root}/_ray", recursive=True)
-        with fs.open_output_stream(settings_path) as stream:
-            stream.write(json.dumps(p.settings, indent=1, sort_keys=True).encode())
+        _write_settings(fs, settings_path, p.settings)
+
+
+def _write_settings(fs: Any, path: str, settings: dict[str, Any]) -> None:
+    """Write a sweep's settings whole or not at all (a temporary file, then a rename)."""
+    with fs.open_output_stream(f"{path}.tmp") as stream:
+        stream.write(json.dumps(settings, indent=1, sort_keys=True).encode())
+    fs.move(f"{path}.tmp", path)
 
 
 def resources(p: Plan) -> tuple[float, int]:

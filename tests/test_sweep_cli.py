@@ -113,6 +113,29 @@ def test_resumed_sweep_must_keep_its_settings(tmp_path):
     assert "RAY_IMPORTED=False" in result.stdout
 
 
+def test_a_finished_sweep_may_add_final_seeds_but_not_drop_them(tmp_path):
+    import json
+    import runpy
+
+    from dualprompt.errors import UsageError
+    from dualprompt.sweep_cli import _changed_settings, check_storage, plan
+
+    sweep = runpy.run_path(str(SCRIPT), run_name="declaration")["SWEEP"]
+    where = ["--storage-path", str(tmp_path), "--name", "grow"]
+    three, five = plan(sweep, where), plan(sweep, [*where, "--seeds", "1,2,3,4,5"])
+    assert _changed_settings(three.settings, five.settings) == []
+    assert _changed_settings(five.settings, three.settings) == [
+        "seeds (1,2,3,4,5 already trained: --seeds may add to them, not drop any)"]
+    saved = tmp_path / "grow" / "_ray" / "sweep.json"
+    check_storage(three)
+    started = json.loads(saved.read_text())
+    check_storage(five)  # the saved settings follow, so a later run must keep seeds 4 and 5
+    assert json.loads(saved.read_text()) == {**started, "seeds": [1, 2, 3, 4, 5]}
+    assert [p.name for p in saved.parent.iterdir()] == ["sweep.json"]  # written whole, no temporary left
+    with pytest.raises(UsageError, match="seeds \\(1,2,3,4,5 already trained"):
+        check_storage(three)
+
+
 EXAMPLE = SCRIPT.parent.parent / "results" / "base2new" / "example"
 
 

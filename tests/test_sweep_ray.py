@@ -162,6 +162,32 @@ def test_a_finished_sweep_trains_only_the_final_variants_a_later_run_adds(smoke,
     assert "[final] already complete" in again.stdout and len(read_results(rows_dir)) == len(rows)
 
 
+@pytest.mark.timeout(300)
+def test_a_finished_sweep_adds_final_seeds_to_every_variant(smoke, tmp_path):
+    # The fixture's final stage ran seeds 1-3; a later run asks for 1-4: each variant trains seed 4 alone.
+    shutil.copytree(smoke["root"] / "results", tmp_path / "results")
+    rows_dir = tmp_path / "results" / "smoke"
+    before = {p.name: p.read_bytes() for p in rows_dir.glob("*.parquet")}
+    args = [*SMOKE, "--seeds", "1,2,3,4", "--storage-path", str(tmp_path / "results"), "--name", "smoke",
+            "--stage", "final", "--validate-top", "0"]
+    result = sweep(args, sweep_env(smoke["root"]), timeout=280)
+    assert "[final] adding seed(s) 4" in result.stdout
+    rows = read_results(rows_dir)
+    final, old = rows[rows["stage"] == "final"], smoke["rows"][smoke["rows"]["stage"] == "final"]
+    assert set(final["variant"]) == set(old["variant"])
+    assert all(seeds == {1, 2, 3, 4} for seeds in final.groupby("variant")["seed"].agg(set))
+    assert all(rows_dir.joinpath(name).read_bytes() == data for name, data in before.items())  # untouched
+    assert not rows.duplicated(list(KEY_COLUMNS)).any() and (rows["status"] == "ok").all()
+    new = final[final["seed"] == 4]
+    assert new["trial_id"].nunique() == final["variant"].nunique() and not set(new["trial_id"]) & set(old["trial_id"])
+    again = sweep(args, sweep_env(smoke["root"]), timeout=110)
+    assert "[final] already complete" in again.stdout and len(read_results(rows_dir)) == len(rows)
+    fewer = [a if a != "1,2,3,4" else "1,2,3" for a in args]  # seed 4 dropped: refused before any work
+    dropped = subprocess.run([sys.executable, str(SCRIPT), *fewer], capture_output=True, text=True,
+                             env=sweep_env(smoke["root"]), timeout=110)
+    assert dropped.returncode == 2 and "1,2,3,4 already trained" in dropped.stderr
+
+
 @pytest.mark.timeout(420)
 def test_interrupted_sweep_resumes_without_lost_or_duplicate_rows(tmp_path):
     # Single-process trials take a fraction of a second at the smoke budget; 100 epochs and 8 trials keep the
