@@ -210,12 +210,24 @@ def _bought(rows: pd.DataFrame) -> list[str]:
     by = headline.set_index("variant")
     if {"best", "defaults"} <= set(by.index):
         diff = by.loc["best", "final"] - by.loc["defaults", "final"]
-        noise = math.hypot(by.loc["best", "final_std"], by.loc["defaults", "final_std"])
-        verdict = ("smaller than the seed noise: no measurable gain" if not abs(diff) > noise
-                   else "larger than the seed noise")
-        md += [f"Searched minus defaults: {diff:+.2f} points; the seed spread of that difference is about "
-               f"{noise:.2f} points, so the difference is {verdict}.", ""]
+        md += [f"Searched minus defaults: {diff:+.2f} points{_difference_noise(rows, 'best', 'defaults', diff)}.", ""]
     return md + _one_se_words(rows, by)
+
+
+def _difference_noise(rows: pd.DataFrame, a: str, b: str, diff: float) -> str:
+    """How far a difference between two final variants stands from their seed noise. Both ran the same seeds, so
+    the noise is the per-seed difference's spread (a seed easier for both moves neither), and the mean over n
+    seeds has that spread over sqrt(n) as its standard error."""
+    per_seed = per_seed_final(rows)
+    paired = (per_seed.loc[a] - per_seed.loc[b]).dropna()
+    if len(paired) < 2:
+        return f" ({len(paired)} seed: no seed spread to judge it by)"
+    spread = paired.std(ddof=1)
+    se = spread / math.sqrt(len(paired))
+    verdict = "within two standard errors of zero: no measurable difference" if not abs(diff) > 2 * se else (
+        "more than two standard errors from zero")
+    return (f"; paired by seed, the per-seed difference spreads by {spread:.2f} over {len(paired)} seeds, a standard "
+            f"error of {se:.2f}, so it is {verdict}")
 
 
 def _one_se_words(rows: pd.DataFrame, by: pd.DataFrame) -> list[str]:
@@ -234,9 +246,8 @@ def _one_se_words(rows: pd.DataFrame, by: pd.DataFrame) -> list[str]:
     for other in ("best", "defaults"):
         if other != variant and {other, variant} <= set(by.index):
             diff = by.loc[variant, "final"] - by.loc[other, "final"]
-            noise = math.hypot(by.loc[variant, "final_std"], by.loc[other, "final_std"])
-            words.append(f"Minus {variant_label(other).lower()}: {diff:+.2f} points (seed spread of the difference "
-                         f"about {noise:.2f}).")
+            noise = _difference_noise(rows, variant, other, diff)
+            words.append(f"Minus {variant_label(other).lower()}: {diff:+.2f} points{noise}.")
     words.append("One sweep is one class split: `python -m dualprompt.world.picks` measures the rule against the "
                  "highest objective on class draws the search never saw.")
     return [" ".join(words), ""]

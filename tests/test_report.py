@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dualprompt.config import Config
-from dualprompt.report import _ceiling_words, _one_se_words
+from dualprompt.report import _bought, _ceiling_words, _one_se_words
 from dualprompt.results import ResultRow, load_results, rows_to_table, write_rows
 from dualprompt.tables import (
     TablesError,
@@ -203,6 +203,20 @@ def test_report_names_the_one_se_pick_and_what_it_bought():
     assert "the fewest context vectors (8): Dual-view, one-SE pick." in words
     expected = hm(75.5, 60.0) - hm(71.5, 60.0)
     assert f"Minus dual-view, searched: {expected:+.2f} points" in words and "Minus dual-view, defaults" in words
+
+
+def test_what_the_search_bought_judges_a_difference_by_its_paired_seed_noise():
+    # Base = new, so each seed's headline is its base accuracy. Seeds move both variants alike (70, 74, 78): that
+    # common shift reorders nothing. Paired differences 1, 1, 2: mean 1.33, spread 0.58, SE 0.33, beyond 2 SE
+    # (the unpaired spread, about 6, would have called it noise).
+    rows = [(seed, final(variant, "a", seed, acc + extra, acc + extra, search_trial=trial))
+            for variant, trial, extras in (("defaults", "s00", (0, 0, 0)), ("best", "s01", (1, 1, 2)))
+            for seed, acc, extra in zip((1, 2, 3), (70.0, 74.0, 78.0), extras, strict=True)]
+    words = " ".join(_bought(frame([row for _, row in rows])))
+    assert ("Searched minus defaults: +1.33 points; paired by seed, the per-seed difference spreads by 0.58 over 3 "
+            "seeds, a standard error of 0.33, so it is more than two standard errors from zero.") in words
+    one_seed = " ".join(_bought(frame([row for seed, row in rows if seed == 1])))
+    assert "Searched minus defaults: +1.00 points (1 seed: no seed spread to judge it by)." in one_seed
 
 
 def test_spearman_interval_is_fisher_z_with_bonett_wright_variance():
