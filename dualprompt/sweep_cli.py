@@ -20,7 +20,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -87,8 +87,8 @@ def build_parser(declaration: SweepDeclaration, prog: str) -> argparse.ArgumentP
     add("--shots", help="shots per class; few-shot: comma-separated curve, default 1,2,4,8,16; else one value, "
         "default the config's (16)")
     add("--search-shots", help="shots per class of a search trial; default: the largest of --shots")
-    add("--seeds", help="comma-separated few-shot seeds of the final stage; default 1,2,3 (a finished sweep "
-        "may add seeds: its variants train only the seeds they lack)")
+    add("--seeds", help="comma-separated few-shot seeds of the final stage; default 1,2,3 (they add to those a "
+        "finished sweep has: its variants train only the seeds they lack)")
     add("--search-seeds", help="comma-separated few-shot seeds of each search trial; default 1,2 offline, "
         "1 on real data and with --smoke")
     add("--folds", type=int, help="pseudo-split folds per search job (1: the rule; 2: also its swap, so every "
@@ -226,19 +226,16 @@ def _pick(args_value: str | None, flag: str, real: tuple[str, ...], offline: tup
 
 # Settings that only add final-stage variants: a later run may ask for more (the final stage then trains the
 # variants it lacks and keeps every row already written), so they do not pin a sweep's identity.
-FINAL_STAGE_SETTINGS = ("validate_top", "validate_spread", "ablations", "one_se")
-# The final stage's seeds may grow on a finished sweep (every variant then trains the seeds it lacks, so all
-# keep the same seeds), never shrink: rows are never dropped. The saved settings follow the growth.
-GROWING_SETTINGS = ("seeds",)
+# The final stage's seeds only grow: a later run's --seeds adds to those a sweep has (`check_storage`; every
+# variant then trains the seeds it lacks, so all keep the same seeds, also variants added later).
+FINAL_STAGE_SETTINGS = ("validate_top", "validate_spread", "ablations", "one_se", "seeds")
 
 
 def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What differs from the settings a sweep was started with. Config fields are compared where both have
     them, so a code update that adds a field (with a default) does not block resuming."""
     changed = [k for k, v in now.items()
-               if k not in ("config", *FINAL_STAGE_SETTINGS, *GROWING_SETTINGS) and k in saved and saved[k] != v]
-    changed += [f"{k} ({','.join(map(str, saved[k]))} already trained: --{k} may add to them, not drop any)"
-                for k in GROWING_SETTINGS if k in saved and not set(saved[k]) <= set(now[k])]
+               if k not in ("config", *FINAL_STAGE_SETTINGS) and k in saved and saved[k] != v]
     old, new = saved.get("config", {}), now["config"]
     return changed + [f"{k} (config)" for k in sorted(set(old) & set(new)) if old[k] != new[k]]
 
@@ -359,8 +356,9 @@ def plan(declaration: SweepDeclaration, argv: list[str], prog: str = "sweep") ->
                 validate_top, settings)
 
 
-def check_storage(p: Plan) -> None:
-    """Writable storage; a resumed sweep keeps its settings; the final stage alone needs search rows."""
+def check_storage(p: Plan) -> Plan:
+    """Writable storage; a resumed sweep keeps its settings; the final stage alone needs search rows. Returns
+    the plan with the final stage's seeds those it asked for and those the sweep already has."""
     import pyarrow.fs as pafs
 
     check_writable(p.rows_dir)
@@ -377,12 +375,17 @@ def check_storage(p: Plan) -> None:
         if changed:
             raise UsageError(f"Sweep {p.name!r} in {p.rows_dir} was started with different {', '.join(changed)}; "
                              "rerun it with its original settings to resume, or pick a new --name.")
-        grown = {k: p.settings[k] for k in GROWING_SETTINGS if k in saved and saved[k] != p.settings[k]}
-        if grown:  # the next run must keep what this one adds
-            _write_settings(fs, settings_path, {**saved, **grown})
+        seeds = sorted({*saved.get("seeds", ()), *p.scope.seeds})
+        if seeds != list(p.scope.seeds):
+            print(f"Sweep {p.name} already has final seeds {','.join(map(str, saved['seeds']))}; its final stage "
+                  f"keeps them: seeds {','.join(map(str, seeds))}.")
+            p = replace(p, scope=replace(p.scope, seeds=tuple(seeds)), settings={**p.settings, "seeds": seeds})
+        if seeds != saved.get("seeds", seeds):  # the next run keeps what this one adds
+            _write_settings(fs, settings_path, {**saved, "seeds": seeds})
     else:
         fs.create_dir(f"{root}/_ray", recursive=True)
         _write_settings(fs, settings_path, p.settings)
+    return p
 
 
 def _write_settings(fs: Any, path: str, settings: dict[str, Any]) -> None:
@@ -493,7 +496,7 @@ def main(declaration: SweepDeclaration, argv: list[str] | None = None) -> int:
     try:
         p = plan(declaration, sys.argv[1:] if argv is None else argv, prog)
         cpus_per_worker, concurrent = resources(p)
-        check_storage(p)
+        p = check_storage(p)
     except DualpromptError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2

@@ -102,39 +102,40 @@ def test_help_explains_every_option_in_one_line(tmp_path):
 def test_resumed_sweep_must_keep_its_settings(tmp_path):
     saved = tmp_path / "results" / "fixed" / "_ray" / "sweep.json"
     saved.parent.mkdir(parents=True)
-    # What an earlier run under this name recorded; the final stage's variants may grow, so those do not count.
+    # What an earlier run under this name recorded; the final stage's variants and seeds may grow, so those do
+    # not count.
     saved.write_text('{"seeds": [7], "validate_top": 99, "validate_spread": 9, "ablations": true, '
-                     '"config": {"epochs": 99}}')
+                     '"config": {"epochs": 99}, "folds": 2}')
     result = run_cli(["--smoke", "--storage-path", str(tmp_path / "results"), "--name", "fixed"], tmp_path)
     assert result.returncode == 2
-    assert "was started with different" in result.stderr and "seeds" in result.stderr
-    assert "epochs (config)" in result.stderr
-    assert not any(f in result.stderr for f in ("validate_top", "validate_spread", "ablations"))
+    assert "was started with different folds, epochs (config);" in result.stderr
+    assert not any(f in result.stderr for f in ("validate_top", "validate_spread", "ablations", "seeds"))
     assert "RAY_IMPORTED=False" in result.stdout
 
 
-def test_a_finished_sweep_may_add_final_seeds_but_not_drop_them(tmp_path):
+def test_a_finished_sweeps_final_seeds_only_grow(tmp_path, capsys):
     import json
     import runpy
 
-    from dualprompt.errors import UsageError
     from dualprompt.sweep_cli import _changed_settings, check_storage, plan
 
     sweep = runpy.run_path(str(SCRIPT), run_name="declaration")["SWEEP"]
     where = ["--storage-path", str(tmp_path), "--name", "grow"]
     three, five = plan(sweep, where), plan(sweep, [*where, "--seeds", "1,2,3,4,5"])
-    assert _changed_settings(three.settings, five.settings) == []
-    assert _changed_settings(five.settings, three.settings) == [
-        "seeds (1,2,3,4,5 already trained: --seeds may add to them, not drop any)"]
+    assert _changed_settings(three.settings, five.settings) == _changed_settings(five.settings, three.settings) == []
     saved = tmp_path / "grow" / "_ray" / "sweep.json"
-    check_storage(three)
+    assert check_storage(three) == three
     started = json.loads(saved.read_text())
-    check_storage(five)  # the saved settings follow, so a later run must keep seeds 4 and 5
+    assert check_storage(five) == five  # the saved settings follow, so a later run keeps seeds 4 and 5
     assert json.loads(saved.read_text()) == {**started, "seeds": [1, 2, 3, 4, 5]}
     assert [p.name for p in saved.parent.iterdir()] == ["sweep.json"]  # written whole, no temporary left
-    with pytest.raises(UsageError, match="seeds \\(1,2,3,4,5 already trained"):
-        check_storage(three)
-
+    capsys.readouterr()
+    again = check_storage(plan(sweep, [*where, "--seeds", "2,6"]))  # what it has, and seed 6
+    assert again.scope.seeds == (1, 2, 3, 4, 5, 6) and again.settings["seeds"] == [1, 2, 3, 4, 5, 6]
+    said = capsys.readouterr().out
+    assert "already has final seeds 1,2,3,4,5; its final stage keeps them: seeds 1,2,3,4,5,6." in said
+    assert json.loads(saved.read_text())["seeds"] == [1, 2, 3, 4, 5, 6]
+    assert check_storage(three).scope.seeds == (1, 2, 3, 4, 5, 6)
 
 EXAMPLE = SCRIPT.parent.parent / "results" / "base2new" / "example"
 
