@@ -137,6 +137,7 @@ def test_a_finished_sweeps_final_seeds_only_grow(tmp_path, capsys):
     assert json.loads(saved.read_text())["seeds"] == [1, 2, 3, 4, 5, 6]
     assert check_storage(three).scope.seeds == (1, 2, 3, 4, 5, 6)
 
+
 EXAMPLE = SCRIPT.parent.parent / "results" / "base2new" / "example"
 
 

@@ -138,13 +138,18 @@ def test_rerunning_a_finished_sweep_changes_nothing(smoke):
         p.name for p in (smoke["root"] / "results" / "smoke").glob("*.parquet"))
 
 
+def copy_of_smoke(smoke: dict, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """A copy of the finished sweep (also a moved sweep folder): its rows folder and its row files' bytes."""
+    shutil.copytree(smoke["root"] / "results", tmp_path / "results")
+    rows_dir = tmp_path / "results" / "smoke"
+    return rows_dir, {p.name: p.read_bytes() for p in rows_dir.glob("*.parquet")}
+
+
 @pytest.mark.timeout(300)
 def test_a_finished_sweep_trains_only_the_final_variants_a_later_run_adds(smoke, tmp_path):
     # A copy of the finished sweep (also a moved sweep folder): more validated configurations and the ablations
     # asked for afterwards. Single-process trials: the worker-group path is the fixture's.
-    shutil.copytree(smoke["root"] / "results", tmp_path / "results")
-    rows_dir = tmp_path / "results" / "smoke"
-    before = {p.name: p.read_bytes() for p in rows_dir.glob("*.parquet")}
+    rows_dir, before = copy_of_smoke(smoke, tmp_path)
     args = [*SMOKE, "--seeds", "1,2,3", "--storage-path", str(tmp_path / "results"), "--name", "smoke",
             "--stage", "final", "--validate-top", "1", "--ablations"]
     result = sweep(args, sweep_env(smoke["root"]), timeout=280)
@@ -165,9 +170,7 @@ def test_a_finished_sweep_trains_only_the_final_variants_a_later_run_adds(smoke,
 @pytest.mark.timeout(300)
 def test_a_finished_sweep_adds_final_seeds_to_every_variant(smoke, tmp_path):
     # The fixture's final stage ran seeds 1-3; a later run asks for 1-4: each variant trains seed 4 alone.
-    shutil.copytree(smoke["root"] / "results", tmp_path / "results")
-    rows_dir = tmp_path / "results" / "smoke"
-    before = {p.name: p.read_bytes() for p in rows_dir.glob("*.parquet")}
+    rows_dir, before = copy_of_smoke(smoke, tmp_path)
     args = [*SMOKE, "--seeds", "1,2,3,4", "--storage-path", str(tmp_path / "results"), "--name", "smoke",
             "--stage", "final", "--validate-top", "0"]
     result = sweep(args, sweep_env(smoke["root"]), timeout=280)
