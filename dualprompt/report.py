@@ -43,6 +43,7 @@ from .tables import (
     seed_noise,
     spearman,
     spearman_interval,
+    std_interval,
     summarise,
     transfer_summary,
     variant_label,
@@ -204,9 +205,15 @@ def _bought(rows: pd.DataFrame) -> list[str]:
     if headline is None or headline.empty:
         return []
     what = HEADLINE[rows["protocol"].iloc[0]]
-    table = headline.assign(method=headline["variant"].map(variant_label))[["method", "final", "final_std"]]
-    md = [f"**What the search bought** ({what}, mean ± std over seeds):", "", frame_markdown(
-        table.rename(columns={"final": what, "final_std": "std over seeds"})), ""]
+    seeds = per_seed_final(rows).notna().sum(axis=1).reindex(headline["variant"]).to_numpy()
+    intervals = [std_interval(std, n) for std, n in zip(headline["final_std"], seeds, strict=True)]
+    shown = [f"{low:.2f} to {high:.2f}" if not math.isnan(low) else "–" for low, high in intervals]
+    table = headline.assign(method=headline["variant"].map(variant_label), seeds=seeds, interval=shown)
+    table = table[["method", "final", "final_std", "seeds", "interval"]]
+    md = [f"**What the search bought** ({what}, mean ± std over seeds; the std's 95% interval assumes normal "
+          "seed-to-seed variation, and is wide with few seeds):", "", frame_markdown(
+        table.rename(columns={"final": what, "final_std": "std over seeds", "interval": "95% interval of the std"})),
+        ""]
     by = headline.set_index("variant")
     if {"best", "defaults"} <= set(by.index):
         diff = by.loc["best", "final"] - by.loc["defaults", "final"]

@@ -19,6 +19,7 @@ from dualprompt.results import ResultRow, load_results, rows_to_table, write_row
 from dualprompt.tables import (
     TablesError,
     best_search_trials,
+    chi2_quantile,
     few_shot_summary,
     final_objective,
     noise_ceiling,
@@ -29,6 +30,7 @@ from dualprompt.tables import (
     seed_noise,
     spearman,
     spearman_interval,
+    std_interval,
     summarise,
     transfer_summary,
 )
@@ -217,6 +219,26 @@ def test_what_the_search_bought_judges_a_difference_by_its_paired_seed_noise():
             "seeds, a standard error of 0.33, so it is more than two standard errors from zero.") in words
     one_seed = " ".join(_bought(frame([row for seed, row in rows if seed == 1])))
     assert "Searched minus defaults: +1.00 points (1 seed: no seed spread to judge it by)." in one_seed
+
+
+def test_a_seed_std_comes_with_its_chi_square_interval():
+    # Chi-square quantiles from the tables: 2 df is the exponential with mean 2, -2 ln(1 - p), exactly.
+    assert chi2_quantile(0.025, 2) == pytest.approx(-2 * math.log(0.975), rel=1e-9)
+    assert chi2_quantile(0.975, 2) == pytest.approx(-2 * math.log(0.025), rel=1e-9)
+    assert (chi2_quantile(0.025, 19), chi2_quantile(0.975, 19)) == pytest.approx((8.9065, 32.8523), abs=1e-4)
+    assert chi2_quantile(0.5, 1) == pytest.approx(0.45494, abs=1e-5) and chi2_quantile(0.975, 99) == pytest.approx(
+        128.422, abs=1e-3)
+    # Three seeds: a std of 1 is anywhere from 0.52 to 6.3; twenty narrow it to 0.76 to 1.46.
+    assert std_interval(1.0, 3) == pytest.approx((0.5207, 6.2847), abs=1e-4)
+    assert std_interval(1.0, 20) == pytest.approx((0.7605, 1.4606), abs=1e-4)
+    assert all(math.isnan(v) for v in std_interval(1.0, 1)) and std_interval(0.0, 5) == (0.0, 0.0)
+    # The report's table shows it next to each variant's std, with the seeds it rests on.
+    rows = [final(variant, "a", seed, acc, acc, search_trial=trial)
+            for variant, trial, accs in (("defaults", "s00", (70.0, 71.0, 72.0)), ("best", "s01", (75.0, 75.0, 75.0)))
+            for seed, acc in zip((1, 2, 3), accs, strict=True)]
+    text = "\n".join(_bought(frame(rows)))
+    assert "| std over seeds | seeds | 95% interval of the std |" in text
+    assert "| Dual-view, defaults | 71 | 1 | 3 | 0.52 to 6.28 |" in text and "| 0 | 3 | 0.00 to 0.00 |" in text
 
 
 def test_spearman_interval_is_fisher_z_with_bonett_wright_variance():
