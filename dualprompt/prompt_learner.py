@@ -29,14 +29,19 @@ class PromptLearner(nn.Module):
 
     def _initial_context(self, cfg: PromptConfig, generator: torch.Generator | None) -> torch.Tensor:
         """Word embeddings of `ctx_init`, right-aligned so the prompt ends in "... a photo of a {class}.";
-        positions the words do not cover (or all, without init words) are drawn from N(0, 0.02^2)."""
+        positions the words do not cover (or all, without init words) are drawn from N(0, 0.02^2), or with
+        `ctx_fill="words"` hold the words again, repeated leftwards. The draws are made either way, so the
+        generator's stream does not depend on the fill."""
         backbone = self.backbone
-        ctx = torch.randn(cfg.n_ctx, backbone.token_dim, generator=generator) * 0.02
+        ctx = torch.randn(cfg.n_ctx, backbone.token_dim, generator=generator) * 0.02  # [M, D]
         if cfg.ctx_init.strip():
-            words = backbone.word_ids(cfg.ctx_init)[-cfg.n_ctx :]
-            ids = torch.tensor(words, dtype=torch.long, device=backbone.device)
+            words = backbone.word_ids(cfg.ctx_init)
+            covered = cfg.n_ctx if cfg.ctx_fill == "words" else min(cfg.n_ctx, len(words))
+            # Position M - 1 - i holds word W - 1 - (i mod W): the phrase, right-aligned, then again to its left.
+            order = [len(words) - 1 - (i % len(words)) for i in reversed(range(covered))]
+            ids = torch.tensor([words[j] for j in order], dtype=torch.long, device=backbone.device)
             with torch.no_grad():
-                ctx[cfg.n_ctx - len(words) :] = backbone.embed_tokens(ids).float().cpu()
+                ctx[cfg.n_ctx - covered :] = backbone.embed_tokens(ids).float().cpu()
         return ctx.to(backbone.device)
 
     def _frozen_tokens(self, classnames: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:

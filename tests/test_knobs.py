@@ -388,6 +388,22 @@ def test_n_ctx_and_ctx_init_set_the_initial_context(test_clip, n_ctx):
     torch.testing.assert_close(learner.ctx.detach(), expected)
 
 
+@pytest.mark.parametrize("n_ctx", [2, 4, 7])
+def test_ctx_fill_words_repeats_the_init_words_over_every_position_whatever_the_seed(test_clip, n_ctx):
+    """ "... a photo of a a photo of a": position M - 1 - i holds word 3 - (i mod 4), the same on every seed;
+    up to 4 vectors it is the random fill's context exactly (the words cover every position there)."""
+    words = test_clip.embed_tokens(torch.tensor(test_clip.word_ids("a photo of a"))).detach()  # [4, D]
+    expected = torch.stack([words[3 - (i % 4)] for i in reversed(range(n_ctx))])  # [n_ctx, D]
+
+    def ctx(fill: str, seed: int) -> torch.Tensor:
+        cfg = PromptConfig(n_ctx=n_ctx, ctx_init="a photo of a", ctx_fill=fill)
+        return PromptLearner(test_clip, cfg, torch.Generator().manual_seed(seed)).ctx.detach()
+
+    torch.testing.assert_close(ctx("words", 4), expected)
+    assert torch.equal(ctx("words", 4), ctx("words", 5))
+    assert torch.equal(ctx("words", 4), ctx("random", 4)) == (n_ctx <= 4)
+
+
 def test_empty_ctx_init_draws_the_whole_context_from_the_seeded_generator(test_clip):
     def ctx(seed: int) -> torch.Tensor:
         cfg = PromptConfig(n_ctx=5, ctx_init="")
