@@ -205,7 +205,8 @@ def _bought(rows: pd.DataFrame) -> list[str]:
     if headline is None or headline.empty:
         return []
     what = HEADLINE[rows["protocol"].iloc[0]]
-    seeds = per_seed_final(rows).notna().sum(axis=1).reindex(headline["variant"]).to_numpy()
+    per_seed = per_seed_final(rows)  # [variant, seed]: the seed counts, and every paired difference below
+    seeds = per_seed.notna().sum(axis=1).reindex(headline["variant"]).to_numpy()
     intervals = [std_interval(std, n) for std, n in zip(headline["final_std"], seeds, strict=True)]
     shown = [f"{low:.2f} to {high:.2f}" if not math.isnan(low) else "–" for low, high in intervals]
     table = headline.assign(method=headline["variant"].map(variant_label), seeds=seeds, interval=shown)
@@ -217,15 +218,15 @@ def _bought(rows: pd.DataFrame) -> list[str]:
     by = headline.set_index("variant")
     if {"best", "defaults"} <= set(by.index):
         diff = by.loc["best", "final"] - by.loc["defaults", "final"]
-        md += [f"Searched minus defaults: {diff:+.2f} points{_difference_noise(rows, 'best', 'defaults', diff)}.", ""]
-    return md + _one_se_words(rows, by)
+        md += [f"Searched minus defaults: {diff:+.2f} points{_difference_noise(per_seed, 'best', 'defaults', diff)}.",
+               ""]
+    return md + _one_se_words(rows, by, per_seed)
 
 
-def _difference_noise(rows: pd.DataFrame, a: str, b: str, diff: float) -> str:
+def _difference_noise(per_seed: pd.DataFrame, a: str, b: str, diff: float) -> str:
     """How far a difference between two final variants stands from their seed noise. Both ran the same seeds, so
     the noise is the per-seed difference's spread (a seed easier for both moves neither), and the mean over n
     seeds has that spread over sqrt(n) as its standard error."""
-    per_seed = per_seed_final(rows)
     paired = (per_seed.loc[a] - per_seed.loc[b]).dropna()
     if len(paired) < 2:
         return f" ({len(paired)} seed: no seed spread to judge it by)"
@@ -237,7 +238,7 @@ def _difference_noise(rows: pd.DataFrame, a: str, b: str, diff: float) -> str:
             f"error of {se:.2f}, so it is {verdict}")
 
 
-def _one_se_words(rows: pd.DataFrame, by: pd.DataFrame) -> list[str]:
+def _one_se_words(rows: pd.DataFrame, by: pd.DataFrame, per_seed: pd.DataFrame) -> list[str]:
     """Which trial the one-SE rule picked, from how many, and its final number against the highest objective's
     and the defaults' (under whichever final variant trained that trial)."""
     pick = one_se_pick(rows)
@@ -253,7 +254,7 @@ def _one_se_words(rows: pd.DataFrame, by: pd.DataFrame) -> list[str]:
     for other in ("best", "defaults"):
         if other != variant and {other, variant} <= set(by.index):
             diff = by.loc[variant, "final"] - by.loc[other, "final"]
-            noise = _difference_noise(rows, variant, other, diff)
+            noise = _difference_noise(per_seed, variant, other, diff)
             words.append(f"Minus {variant_label(other).lower()}: {diff:+.2f} points{noise}.")
     words.append("One sweep is one class split: `python -m dualprompt.world.picks` measures the rule against the "
                  "highest objective on class draws the search never saw.")

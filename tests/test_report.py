@@ -25,6 +25,7 @@ from dualprompt.tables import (
     noise_ceiling,
     objective_validity,
     one_se_pick,
+    per_seed_final,
     reliability,
     search_trials,
     seed_noise,
@@ -200,7 +201,8 @@ def test_report_names_the_one_se_pick_and_what_it_bought():
     for variant, trial, base in (("best", "s01", 70.0), ("one_se", "s02", 74.0), ("defaults", "s00", 72.0)):
         rows += [final(variant, "a", s, base + s, 60.0, search_trial=trial) for s in (1, 2)]
     table = frame(rows)
-    words = " ".join(_one_se_words(table, final_objective(table[table["stage"] == "final"]).set_index("variant")))
+    by = final_objective(table[table["stage"] == "final"]).set_index("variant")
+    words = " ".join(_one_se_words(table, by, per_seed_final(table)))
     assert "of the 2 complete trials whose objective lies within one SE (1.00 points" in words
     assert "the fewest context vectors (8): Dual-view, one-SE pick." in words
     expected = hm(75.5, 60.0) - hm(71.5, 60.0)
