@@ -20,6 +20,9 @@ AUG_VARIANTS = ("mix", "virtual")
 # Context positions the init words do not cover: CoOp's seeded N(0, 0.02^2) draws, or the init words repeated
 # leftwards ("... a photo of a a photo of a"), the same start on every seed.
 CTX_FILLS = ("random", "words")
+# What a field's absence means in rows and sweep settings written before the field existed, where that is not
+# today's default: ctx_fill became "words" by default after sweeps had trained with the random fill.
+ABSENT_MEANS: dict[str, Any] = {"ctx_fill": "random"}
 PRECISIONS = ("fp32", "amp")
 SAMPLING_MODES = ("stable", "coop")
 # Where this machine keeps the datasets and the feature cache: places, not data (the dataset's name and
@@ -64,16 +67,14 @@ class PromptConfig:
     """The soft prompt (view 1) and the hand-crafted prompt (view 2)."""
 
     n_ctx: int = 4
-    ctx_init: str = "a photo of a"  # "" = random N(0, 0.02^2) init
-    ctx_fill: str = "random"  # positions ctx_init does not cover (CTX_FILLS)
+    ctx_init: str = "a photo of a"  # "" = random N(0, 0.02^2) init (whatever ctx_fill: no words to repeat)
+    ctx_fill: str = "words"  # positions ctx_init does not cover (CTX_FILLS)
     template: str = ""  # hand-crafted template, "{}" = class name; "" = the dataset's catalogue template
     template_ensemble: bool = False  # hand-crafted view = mean over the template + CLIP's 7 "select" templates
 
     def __post_init__(self) -> None:
         _require(1 <= self.n_ctx <= 64, "n_ctx", f"{self.n_ctx} is outside 1..64 context vectors.")
         _one_of(self.ctx_fill, "ctx_fill", CTX_FILLS)
-        _require(self.ctx_fill == "random" or bool(self.ctx_init.strip()), "ctx_fill",
-                 "'words' repeats the init words, but ctx_init is empty; set ctx_init or use ctx_fill=random.")
         _require(not self.template or self.template.count("{}") == 1, "template",
                  f"{self.template!r} must contain exactly one {{}} where the class name goes.")
 

@@ -7,8 +7,8 @@ evaluations) and, for protocols with targets, one row per target dataset it was 
 
 The schema evolves without orphaning files: its configuration columns are the fields of `Config` (adding a
 field needs no version bump), and reading a file written by an older dualprompt fills the columns it lacks
-(configuration fields with their defaults, measurements with nulls, and what a migration can derive, e.g.
-version 1 rows are all base-to-new). Only files from a newer dualprompt are refused.
+(configuration fields with their defaults or what their absence meant, measurements with nulls, and what a
+migration can derive, e.g. version 1 rows are all base-to-new). Only files from a newer dualprompt are refused.
 This module does not import Ray.
 """
 
@@ -33,7 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import FIELD_TYPE, Config
+from .config import ABSENT_MEANS, FIELD_TYPE, Config
 from .errors import DualpromptError
 from .protocols import STAGES, all_protocols
 from .storage import list_files, one_line, open_storage, write_atomically
@@ -305,7 +305,8 @@ MIGRATIONS = {1: _from_version_1}  # version -> the step to version + 1
 def upgrade(table: pa.Table, version: int, path: str) -> pa.Table:
     """A table of `version` in the current schema: migrations, then missing columns filled, columns ordered.
 
-    Missing Config fields get their default; other missing columns get nulls. Columns this version does not
+    Missing Config fields get their default (or what their absence meant, `ABSENT_MEANS`); other missing
+    columns get nulls. Columns this version does not
     know (a Config field that was removed) are kept at the end, so no data is dropped.
     """
     if version > SCHEMA_VERSION:
@@ -313,7 +314,7 @@ def upgrade(table: pa.Table, version: int, path: str) -> pa.Table:
                            f"reads ({SCHEMA_VERSION}); upgrade dualprompt to read it.")
     for step in range(version, SCHEMA_VERSION):
         table = MIGRATIONS[step](table)
-    defaults = Config().to_flat()
+    defaults = {**Config().to_flat(), **ABSENT_MEANS}
     columns, names = [], []
     for f in SCHEMA:
         if f.name in table.schema.names:

@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .config import MACHINE_LOCAL_FIELDS, Config, parse_assignment, parse_value
+from .config import ABSENT_MEANS, MACHINE_LOCAL_FIELDS, Config, parse_assignment, parse_value
 from .data.catalogue import default_data_root, get_spec
 from .data.check import check_dataset
 from .errors import DualpromptError, UsageError
@@ -236,8 +236,13 @@ def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     them, so a code update that adds a field (with a default) does not block resuming."""
     changed = [k for k, v in now.items()
                if k not in ("config", *FINAL_STAGE_SETTINGS) and k in saved and saved[k] != v]
-    old, new = saved.get("config", {}), now["config"]
+    old, new = _saved_config(saved), now["config"]
     return changed + [f"{k} (config)" for k in sorted(set(old) & set(new)) if old[k] != new[k]]
+
+
+def _saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A sweep's saved config; a field the sweep predates reads as what its absence meant (`ABSENT_MEANS`)."""
+    return {**ABSENT_MEANS, **saved.get("config", {})}
 
 
 @dataclass(frozen=True)
@@ -373,8 +378,12 @@ def check_storage(p: Plan) -> Plan:
             saved = json.loads(stream.read())
         changed = _changed_settings(saved, p.settings)
         if changed:
+            config = _saved_config(saved)
+            restore = " ".join(f"--set {k}={config[k]}" for k in (c.removesuffix(" (config)") for c in changed)
+                               if k in config)
             raise UsageError(f"Sweep {p.name!r} in {p.rows_dir} was started with different {', '.join(changed)}; "
-                             "rerun it with its original settings to resume, or pick a new --name.")
+                             f"rerun it with its original settings{f' ({restore})' if restore else ''} to resume, "
+                             "or pick a new --name.")
         seeds = sorted({*saved.get("seeds", ()), *p.scope.seeds})
         if seeds != list(p.scope.seeds):
             print(f"Sweep {p.name} already has final seeds {','.join(map(str, saved['seeds']))}; its final stage "

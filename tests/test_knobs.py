@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from dualprompt.augment import MixedBatch, classwise_mix, draw_partners
-from dualprompt.config import MethodConfig, OptimConfig, PromptConfig
+from dualprompt.config import CTX_FILLS, MethodConfig, OptimConfig, PromptConfig
 from dualprompt.data.errors import DataError
 from dualprompt.data.sampling import pseudo_split, sample_few_shot, subsample_classes
 from dualprompt.data.types import DatasetSplits, Item
@@ -376,9 +376,9 @@ def test_training_seed_reproduces_a_run_and_another_seed_changes_it(test_clip):
 
 @pytest.mark.parametrize("n_ctx", [2, 4, 7])
 def test_n_ctx_and_ctx_init_set_the_initial_context(test_clip, n_ctx):
-    """The init words' embeddings fill the last positions ("... a photo of a {class}."); the others are the
-    generator's N(0, 0.02^2) draws."""
-    learner = PromptLearner(test_clip, PromptConfig(n_ctx=n_ctx, ctx_init="a photo of a"),
+    """The init words' embeddings fill the last positions ("... a photo of a {class}."); with the random fill
+    the others are the generator's N(0, 0.02^2) draws."""
+    learner = PromptLearner(test_clip, PromptConfig(n_ctx=n_ctx, ctx_init="a photo of a", ctx_fill="random"),
                             torch.Generator().manual_seed(4))
     expected = torch.randn(n_ctx, test_clip.token_dim, generator=torch.Generator().manual_seed(4)) * 0.02
     words = test_clip.embed_tokens(torch.tensor(test_clip.word_ids("a photo of a"))).detach()  # [4, D]
@@ -404,9 +404,11 @@ def test_ctx_fill_words_repeats_the_init_words_over_every_position_whatever_the_
     assert torch.equal(ctx("words", 4), ctx("random", 4)) == (n_ctx <= 4)
 
 
-def test_empty_ctx_init_draws_the_whole_context_from_the_seeded_generator(test_clip):
+@pytest.mark.parametrize("fill", CTX_FILLS)
+def test_empty_ctx_init_draws_the_whole_context_from_the_seeded_generator(test_clip, fill):
+    """Without init words there is nothing to repeat: every position is drawn, whatever the fill."""
     def ctx(seed: int) -> torch.Tensor:
-        cfg = PromptConfig(n_ctx=5, ctx_init="")
+        cfg = PromptConfig(n_ctx=5, ctx_init="", ctx_fill=fill)
         return PromptLearner(test_clip, cfg, torch.Generator().manual_seed(seed)).ctx.detach()
 
     expected = torch.randn(5, test_clip.token_dim, generator=torch.Generator().manual_seed(3)) * 0.02

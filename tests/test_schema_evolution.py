@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import dualprompt
+from dualprompt.config import Config
 from dualprompt.results import SCHEMA_VERSION, ResultsError, load_results, read_results
 from dualprompt.tables import summarise
 
@@ -29,6 +30,8 @@ def test_version_1_files_are_upgraded_to_base_to_new_rows():
     assert (final.loc[final["method"] == "dualprompt", "variant"] == "best").all()
     assert (rows["source_dataset"] == rows["dataset"]).all() and (rows["fold"] == 0).all()
     assert rows["prompt_file"].isna().all() and rows["n_test_base"].isna().all()  # v1 never measured these
+    # They predate ctx_fill and were trained with the random fill, whatever today's default is.
+    assert Config().prompt.ctx_fill == "words" and set(rows["ctx_fill"]) == {"random"}
     average = summarise(rows).set_index(["variant", "dataset"])["hm"]
     assert average[("coop", "average")] == pytest.approx(71.6, abs=0.05)  # the table v1's README printed
     assert average[("best", "average")] == pytest.approx(69.3, abs=0.05)
