@@ -306,8 +306,8 @@ def upgrade(table: pa.Table, version: int, path: str) -> pa.Table:
     """A table of `version` in the current schema: migrations, then missing columns filled, columns ordered.
 
     Missing Config fields get their default (or what their absence meant, `ABSENT_MEANS`); other missing
-    columns get nulls. Columns this version does not
-    know (a Config field that was removed) are kept at the end, so no data is dropped.
+    columns get nulls. Columns this version does not know (a Config field that was removed) are kept at the
+    end, so no data is dropped.
     """
     if version > SCHEMA_VERSION:
         raise ResultsError(f"{path} was written with result schema version {version}, newer than this dualprompt "

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import sys
 from dataclasses import dataclass, replace
 from functools import partial
@@ -379,8 +380,8 @@ def check_storage(p: Plan) -> Plan:
         changed = _changed_settings(saved, p.settings)
         if changed:
             config = _saved_config(saved)
-            restore = " ".join(f"--set {k}={config[k]}" for k in (c.removesuffix(" (config)") for c in changed)
-                               if k in config)
+            restore = " ".join(f"--set {shlex.quote(f'{k}={config[k]}')}"
+                               for k in (c.removesuffix(" (config)") for c in changed) if k in config)
             raise UsageError(f"Sweep {p.name!r} in {p.rows_dir} was started with different {', '.join(changed)}; "
                              f"rerun it with its original settings{f' ({restore})' if restore else ''} to resume, "
                              "or pick a new --name.")

@@ -105,12 +105,13 @@ def test_resumed_sweep_must_keep_its_settings(tmp_path):
     # What an earlier run under this name recorded; the final stage's variants and seeds may grow, so those do
     # not count.
     saved.write_text('{"seeds": [7], "validate_top": 99, "validate_spread": 9, "ablations": true, '
-                     '"config": {"epochs": 99}, "folds": 2}')
+                     '"config": {"epochs": 99, "ctx_init": "a sketch of a"}, "folds": 2}')
     result = run_cli(["--smoke", "--storage-path", str(tmp_path / "results"), "--name", "fixed"], tmp_path)
     assert result.returncode == 2
     # ctx_fill predates this sweep, which therefore trained with the random fill, not today's default.
-    assert ("was started with different folds, ctx_fill (config), epochs (config); rerun it with its original "
-            "settings (--set ctx_fill=random --set epochs=99) to resume" in result.stderr)
+    assert ("was started with different folds, ctx_fill (config), ctx_init (config), epochs (config); rerun it "
+            "with its original settings (--set ctx_fill=random --set 'ctx_init=a sketch of a' --set epochs=99) "
+            "to resume" in result.stderr)
     assert not any(f in result.stderr for f in ("validate_top", "validate_spread", "ablations", "seeds"))
     assert "RAY_IMPORTED=False" in result.stdout
 
