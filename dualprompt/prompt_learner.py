@@ -38,8 +38,8 @@ class PromptLearner(nn.Module):
             words = backbone.word_ids(cfg.ctx_init)
             covered = cfg.n_ctx if cfg.ctx_fill == "words" else min(cfg.n_ctx, len(words))
             # Position M - 1 - i holds word W - 1 - (i mod W): the phrase, right-aligned, then again to its left.
-            order = [len(words) - 1 - (i % len(words)) for i in reversed(range(covered))]
-            ids = torch.tensor([words[j] for j in order], dtype=torch.long, device=backbone.device)
+            ids = torch.tensor([words[-1 - (i % len(words))] for i in reversed(range(covered))], dtype=torch.long,
+                               device=backbone.device)
             with torch.no_grad():
                 ctx[cfg.n_ctx - covered :] = backbone.embed_tokens(ids).float().cpu()
         return ctx.to(backbone.device)

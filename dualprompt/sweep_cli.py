@@ -237,13 +237,14 @@ def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     them, so a code update that adds a field (with a default) does not block resuming."""
     changed = [k for k, v in now.items()
                if k not in ("config", *FINAL_STAGE_SETTINGS) and k in saved and saved[k] != v]
-    old, new = _saved_config(saved), now["config"]
-    return changed + [f"{k} (config)" for k in sorted(set(old) & set(new)) if old[k] != new[k]]
+    return changed + [f"{k} (config)" for k in _changed_config(saved, now)]
 
 
-def _saved_config(saved: dict[str, Any]) -> dict[str, Any]:
-    """A sweep's saved config; a field the sweep predates reads as what its absence meant (`ABSENT_MEANS`)."""
-    return {**ABSENT_MEANS, **saved.get("config", {})}
+def _changed_config(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """The config fields both settings have that differ, with the saved value; a field the saved sweep predates
+    reads as what its absence meant (`ABSENT_MEANS`)."""
+    old, new = {**ABSENT_MEANS, **saved.get("config", {})}, now["config"]
+    return {k: old[k] for k in sorted(set(old) & set(new)) if old[k] != new[k]}
 
 
 @dataclass(frozen=True)
@@ -379,9 +380,8 @@ def check_storage(p: Plan) -> Plan:
             saved = json.loads(stream.read())
         changed = _changed_settings(saved, p.settings)
         if changed:
-            config = _saved_config(saved)
-            restore = " ".join(f"--set {shlex.quote(f'{k}={config[k]}')}"
-                               for k in (c.removesuffix(" (config)") for c in changed) if k in config)
+            restore = " ".join(f"--set {shlex.quote(f'{k}={v}')}"
+                               for k, v in _changed_config(saved, p.settings).items())
             raise UsageError(f"Sweep {p.name!r} in {p.rows_dir} was started with different {', '.join(changed)}; "
                              f"rerun it with its original settings{f' ({restore})' if restore else ''} to resume, "
                              "or pick a new --name.")
