@@ -32,6 +32,7 @@ from .tables import (
     check_comparable,
     few_shot_summary,
     final_objective,
+    held_out_agreement,
     noise_ceiling,
     objective_seed_noise,
     objective_validity,
@@ -42,6 +43,7 @@ from .tables import (
     searched_params,
     seed_noise,
     spearman,
+    spearman_brown,
     spearman_interval,
     std_interval,
     summarise,
@@ -179,7 +181,7 @@ def search_section(rows: pd.DataFrame, out: Path, spec: dict) -> list[str]:
         md += ["Search space: " + "; ".join([f"{k} in [{lo:g}, {hi:g}] ({scale})" for k, (lo, hi, scale) in
                                              bounds.items()] + [f"{k} in {{{', '.join(map(str, v))}}}" for k, v in
                                                                 spec.get("choices", {}).items()]) + ".", ""]
-    md += _bought(rows) + _validity(rows, out, protocol)
+    md += _held_out_words(rows) + _bought(rows) + _validity(rows, out, protocol)
     best = best_search_trials(rows, k=5)
     if len(best):
         md += ["Best complete search trials (highest objective first):", "",
@@ -197,6 +199,30 @@ def _objective_words(protocol) -> str:
         return ("HM of the trained half's validation accuracy and the held-out half's accuracy, inside the "
                 f"{'base' if protocol.search.pool == 'base' else 'source'} classes")
     return "validation accuracy, images never trained on"
+
+
+def _held_out_words(rows: pd.DataFrame) -> list[str]:
+    """Whether the search's ranking is about the configurations or about which classes its folds held out."""
+    held_out = held_out_agreement(rows)
+    if held_out is None or math.isnan(held_out.folds_agree):
+        return []
+    low, high = spearman_interval(held_out.folds_agree, held_out.trials)
+    bounds = [spearman_brown(r, held_out.folds) for r in (low, high)]  # NaN where the interval is
+    interval = "" if math.isnan(low) else f"95% interval {low:.2f} to {high:.2f}, Fisher's z"
+    seeds = (f"its {held_out.seeds} search seeds, which hold out the same classes, agree at "
+             f"{held_out.seeds_agree:.2f}" if held_out.seeds > 1 else "")
+    aside = "; ".join(part for part in (interval, seeds) if part)
+    over_interval = "" if math.isnan(low) else f"; {bounds[0]:.2f} to {bounds[1]:.2f} over that interval"
+    ceiling_range = "" if math.isnan(low) else f" ({math.sqrt(bounds[0]):.2f} to {math.sqrt(bounds[1]):.2f})"
+    return [f"**Does the ranking carry to other held-out classes?** Each fold of the pseudo split holds out other "
+            f"base classes (and trains on the rest). Over the {held_out.trials} complete trials, the "
+            f"{held_out.folds} folds' objectives rank the trials alike at Spearman **{held_out.folds_agree:.2f}**"
+            f"{f' ({aside})' if aside else ''}. Their mean, the objective, then has a reliability of about "
+            f"{held_out.reliability:.2f} with respect to which classes are held out (Spearman-Brown"
+            f"{over_interval}), and its rank correlation with the configurations' results on any other classes, "
+            "the final test on the new ones included, can hardly exceed the square root of that: about "
+            f"**{math.sqrt(held_out.reliability):.2f}**{ceiling_range}. Validation rows only; "
+            "`python -m dualprompt.world.draws` measures the same on other class draws of the offline world.", ""]
 
 
 def _bought(rows: pd.DataFrame) -> list[str]:

@@ -230,20 +230,68 @@ def objective_seed_noise(rows: pd.DataFrame, trial_ids, paired: bool = False) ->
     objectives of `trial_ids`, `paired` as there) and the fewest seeds one of them ran. Unlike the binomial
     SE, which counts only which validation images were drawn, this includes training noise. NaN with fewer
     than two search seeds per trial."""
-    per_seed = per_seed_objectives(rows, trial_ids)
+    per_seed = objectives_by(rows, trial_ids, "seed")
     if per_seed.empty:
         return math.nan, 0
     return seed_noise(per_seed, paired), int(per_seed.notna().sum(axis=1).min())
 
 
-def per_seed_objectives(rows: pd.DataFrame, trial_ids) -> pd.DataFrame:
-    """Each search trial's objective on each of its seeds alone: [trial, seed] (empty without search rows)."""
+def objectives_by(rows: pd.DataFrame, trial_ids, part: str) -> pd.DataFrame:
+    """Each search trial's objective on each value of `part` ("seed" or "fold") alone: [trial, part] (empty
+    without search rows)."""
     search = rows[(rows["stage"] == "search") & rows["trial_id"].isin(list(trial_ids))]
     if search.empty:
         return pd.DataFrame()
     objective = get_protocol(search["protocol"].iloc[0]).search.objective
     scores = search[objective].astype("float64").where(search["status"] == "ok", 0.0)  # as search_trials scores
-    return scores.groupby([search["trial_id"], search["seed"]]).mean().unstack()
+    return scores.groupby([search["trial_id"], search[part]]).mean().unstack()
+
+
+@dataclass(frozen=True)
+class HeldOutAgreement:
+    """How alike a search's folds (each holding out other classes) and its seeds rank the complete trials."""
+
+    trials: int
+    folds: int
+    seeds: int
+    folds_agree: float  # mean Spearman over pairs of folds
+    seeds_agree: float  # mean Spearman over pairs of seeds (NaN with one seed)
+    reliability: float  # the fold mean's reliability with respect to the held-out classes (Spearman-Brown)
+
+
+def held_out_agreement(rows: pd.DataFrame) -> HeldOutAgreement | None:
+    """Whether a search's ranking is about the configurations or about which classes each fold held out.
+
+    Validation rows only. Each fold of a pseudo split holds out other classes; if the folds rank the trials
+    alike, the objective measures something about the configurations that carries from one set of held-out
+    classes to another. Its reliability with respect to the held-out classes is the Spearman-Brown value of
+    the folds' agreement, and no measure of the configurations on yet other classes (the final test on the
+    true new classes included) can correlate with it beyond about the square root of that. None without two
+    folds or with fewer than four complete trials."""
+    trials = search_trials(rows)
+    complete = trials.loc[trials["complete"].astype(bool), "trial_id"]
+    if len(complete) < 4 or "fold" not in rows or rows.loc[rows["stage"] == "search", "fold"].nunique() < 2:
+        return None
+    per_fold, per_seed = objectives_by(rows, complete, "fold"), objectives_by(rows, complete, "seed")
+    folds_agree = agreement(per_fold)
+    return HeldOutAgreement(len(complete), per_fold.shape[1], per_seed.shape[1], folds_agree, agreement(per_seed),
+                            spearman_brown(folds_agree, per_fold.shape[1]))
+
+
+def agreement(per_part: pd.DataFrame) -> float:
+    """Mean Spearman over every pair of columns of a [configuration, part] table (rows with both values): how
+    alike two parts of one measure rank the configurations. NaN with fewer than two columns."""
+    pairs = [spearman(per_part[a], per_part[b]) for i, a in enumerate(per_part.columns)
+             for b in per_part.columns[i + 1 :]]
+    return float(np.mean(pairs)) if pairs else math.nan
+
+
+def spearman_brown(agree: float, parts: int) -> float:
+    """Reliability of the mean of `parts` parallel measures that correlate at `agree` with each other:
+    k r / (1 + (k - 1) r), 0 where they do not agree at all (r <= 0), NaN where r is."""
+    if math.isnan(agree):
+        return math.nan
+    return parts * agree / (1 + (parts - 1) * agree) if agree > 0 else 0.0
 
 
 def seed_noise(per_seed: pd.DataFrame, paired: bool = False) -> float:
@@ -308,7 +356,7 @@ def one_se_pick(rows: pd.DataFrame) -> OneSePick | None:
     if ranked.empty:
         return None
     sizes = ranked[PARSIMONY] if PARSIMONY in searched_params(rows) else None
-    return one_se_choice(ranked["objective"], per_seed_objectives(rows, ranked.index), sizes,
+    return one_se_choice(ranked["objective"], objectives_by(rows, ranked.index, "seed"), sizes,
                          float(ranked["objective_se"].iloc[0]))
 
 

@@ -14,14 +14,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from dualprompt.config import Config
-from dualprompt.report import _bought, _ceiling_words, _one_se_words
+from dualprompt.report import _bought, _ceiling_words, _held_out_words, _one_se_words
 from dualprompt.results import ResultRow, load_results, rows_to_table, write_rows
 from dualprompt.tables import (
     TablesError,
+    agreement,
     best_search_trials,
     chi2_quantile,
     few_shot_summary,
     final_objective,
+    held_out_agreement,
     noise_ceiling,
     objective_validity,
     one_se_pick,
@@ -30,6 +32,7 @@ from dualprompt.tables import (
     search_trials,
     seed_noise,
     spearman,
+    spearman_brown,
     spearman_interval,
     std_interval,
     summarise,
@@ -160,6 +163,43 @@ def test_noise_ceiling_uses_the_objectives_spread_over_search_seeds_when_a_trial
     # Seed 1 alone: objectives 49, 55, 57, 63 (variance 33.3), one job each with SE 4 (variance 16): 52%.
     assert "the objectives' binomial SE leaves 52%" in " ".join(_ceiling_words(objective_validity(frame(one_seed)),
                                                                               frame(one_seed)))
+
+
+def _fold_rows(fold_1_scores: list[float]) -> list[ResultRow]:
+    """Five trials on folds 0 and 1 and seeds 1 and 2: fold 0 scores 50, 52, ... 58 (seed 2 one point higher, the
+    same order), fold 1 the given scores (seed 2 likewise)."""
+    return [search(i, 0.1 * (i + 1), 2 + i, "mix", score + (seed == 2), fold=fold, seed=seed)
+            for i in range(5) for fold, score in ((0, 50.0 + 2 * i), (1, fold_1_scores[i])) for seed in (1, 2)]
+
+
+def test_held_out_agreement_compares_the_folds_rankings_by_hand():
+    # Fold 1 ranks the five trials 2, 1, 3, 5, 4 where fold 0 ranks them 1..5: rank differences 1, 1, 0, 1, 1,
+    # Spearman 1 - 6 x 4 / (5 x 24) = 0.8; two folds' mean has reliability 2 x 0.8 / 1.8 = 0.889.
+    held_out = held_out_agreement(frame(_fold_rows([62.0, 60.0, 64.0, 68.0, 66.0])))
+    assert (held_out.trials, held_out.folds, held_out.seeds) == (5, 2, 2)
+    assert held_out.folds_agree == pytest.approx(0.8) and held_out.reliability == pytest.approx(16 / 18)
+    # Seed 2 is one point higher on every job, so the seeds' per-trial means rank the trials alike.
+    assert held_out.seeds_agree == pytest.approx(1.0)
+    # Reversed: the folds disagree completely, and a mean of disagreeing parts is no measure at all.
+    reversed_folds = held_out_agreement(frame(_fold_rows([68.0, 66.0, 64.0, 62.0, 60.0])))
+    assert reversed_folds.folds_agree == pytest.approx(-1.0) and reversed_folds.reliability == 0.0
+    one_fold = [r for r in _fold_rows([62.0, 60.0, 64.0, 68.0, 66.0]) if r.fold == 0]
+    assert held_out_agreement(frame(one_fold)) is None
+
+
+def test_agreement_averages_every_pair_and_spearman_brown_by_hand():
+    # Columns a, b agree fully, c reverses both: pairs +1, -1, -1, mean -1/3.
+    table = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [10.0, 20.0, 30.0], "c": [3.0, 2.0, 1.0]})
+    assert agreement(table) == pytest.approx(-1 / 3) and math.isnan(agreement(table[["a"]]))
+    assert spearman_brown(0.2, 2) == pytest.approx(1 / 3) and spearman_brown(0.5, 3) == pytest.approx(0.75)
+    assert spearman_brown(-0.4, 2) == 0.0 and math.isnan(spearman_brown(math.nan, 2))
+
+
+def test_report_says_how_far_the_folds_ranking_carries():
+    words = " ".join(_held_out_words(frame(_fold_rows([62.0, 60.0, 64.0, 68.0, 66.0]))))
+    assert "the 2 folds' objectives rank the trials alike at Spearman **0.80**" in words
+    assert "its 2 search seeds, which hold out the same classes, agree at 1.00" in words
+    assert "reliability of about 0.89" in words and "about **0.94**" in words  # sqrt(0.889)
 
 
 def test_paired_seed_noise_counts_only_what_can_reorder_configurations():

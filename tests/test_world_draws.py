@@ -188,6 +188,28 @@ def test_pooled_reliability_averages_spread_and_noise_before_dividing():
     assert out["noise_ceiling"] == pytest.approx(0.9)
 
 
+def _draw_jobs(objectives: tuple[float, ...], finals: tuple[float, ...]) -> list[dict]:
+    """One seed, one dataset: configuration i has objective objectives[i] (both folds) and final HM finals[i]."""
+    jobs = []
+    for i, (objective, final_hm) in enumerate(zip(objectives, finals, strict=True)):
+        jobs += [{"variant": f"c{i}", "dataset": "d", "seed": 1, "stage": "search", "fold": f,
+                  "acc_val_pseudobase": 70.0, "acc_val_pseudonew": 40.0, "hm_val": objective} for f in (0, 1)]
+        jobs.append({"variant": f"c{i}", "dataset": "d", "seed": 1, "stage": "final",
+                     "acc_test_base": final_hm, "acc_test_new": final_hm})
+    return jobs
+
+
+def test_between_draws_compares_each_pair_of_draws_by_hand():
+    # Both draws' objectives rank c0 < c1 < c2; AB's final HM agrees (ranks 1, 2, 3), CD's ranks them 2, 3, 1:
+    # squared rank differences 6, Spearman 1 - 6 x 6 / (3 x 8) = -0.5. Averaged over the draws the objective
+    # still ranks c0 < c1 < c2 and the final HM is 61, 62, 61 (ranks 1.5, 3, 1.5): Spearman 0.
+    out = draws.between_draws({"AB": _draw_jobs((50.0, 52.0, 54.0), (60.0, 61.0, 62.0)),
+                               "CD": _draw_jobs((40.0, 45.0, 50.0), (62.0, 63.0, 60.0))})
+    assert out["final_hm_draw_vs_draw"] == pytest.approx(-0.5)
+    assert out["objective_draw_vs_draw"] == pytest.approx(1.0)
+    assert out["mean_objective_vs_mean_final_hm"] == pytest.approx(0.0, abs=1e-12)
+
+
 def _write_draws(path: Path, jobs_by_draw: dict[str, list[dict]], seeds=(1, 2)) -> str:
     rows = [{"draw": draw, **job} for draw, jobs in jobs_by_draw.items() for job in jobs]
     record = {"configs": {"defaults": {"n_ctx": 4}}, "datasets": ["d"], "seeds": list(seeds), "rows": rows}
@@ -207,7 +229,10 @@ def test_from_json_summarises_draws_from_several_files_without_training(tmp_path
     # Both draws rank the three configurations alike on both measures: Spearman 1 in each.
     summary = next(line for line in out.splitlines() if line.strip().startswith("spearman_objective_final_hm"))
     assert "+1.00 ± 0.00" in summary and "AB +1.00" in summary and "CD +1.00" in summary
-    assert "noise_ceiling 0.90" in out.splitlines()[-1]
+    pooled = next(line for line in out.splitlines() if line.startswith("Pooled over the draws"))
+    assert "noise_ceiling 0.90" in pooled
+    assert out.splitlines()[-1] == ("Between draws (mean Spearman over the 1 pairs): final_hm_draw_vs_draw +1.00; "
+                                    "objective_draw_vs_draw +1.00; mean_objective_vs_mean_final_hm +1.00")
     one_seed = next(line for line in out.splitlines() if line.strip().startswith("spearman_objective_1_seeds"))
     assert "AB +1.00" in one_seed  # both seeds rank the configurations alike
 

@@ -322,6 +322,20 @@ def pooled_reliability(jobs_by_draw: dict[str, list[dict]]) -> dict[str, float]:
                                      for i in (0, 1)) for name in ("objective", "final")})
 
 
+def between_draws(jobs_by_draw: dict[str, list[dict]]) -> dict[str, float]:
+    """How alike the draws (other classes new) rank the configurations: the mean Spearman over pairs of draws
+    of the final HM and of the objective, and Spearman of the two, each averaged over the draws first. One
+    draw's final HM is one sample of new classes; where two draws' finals rank the configurations unalike,
+    no objective can agree with one draw's final by more than that, however valid it is over draws."""
+    from dualprompt.tables import agreement, spearman
+
+    tables = {draw: draw_table(jobs).set_index("config") for draw, jobs in jobs_by_draw.items()}
+    final = pd.DataFrame({draw: table["final_hm"] for draw, table in tables.items()})  # [config, draw]
+    objective = pd.DataFrame({draw: table["objective"] for draw, table in tables.items()})
+    return {"final_hm_draw_vs_draw": agreement(final), "objective_draw_vs_draw": agreement(objective),
+            "mean_objective_vs_mean_final_hm": spearman(objective.mean(axis=1), final.mean(axis=1))}
+
+
 def read_jobs(paths: list[str], draws: tuple[str, ...] | None) -> dict[str, list[dict]]:
     """draw -> its jobs, from files that `--json` wrote, in the order of DRAWS. Every file must come from the
     same configurations, datasets and seeds, and hold each draw at most once across the files."""
@@ -378,6 +392,10 @@ def print_over_draws(summaries: dict[str, dict[str, float]], jobs_by_draw: dict[
     pooled = pooled_reliability(jobs_by_draw)
     print("\nPooled over the draws (spreads and seed noise averaged first): "
           + "; ".join(f"{k} {v:.2f}" for k, v in pooled.items()))
+    if len(jobs_by_draw) > 1:
+        between = between_draws(jobs_by_draw)
+        print(f"Between draws (mean Spearman over the {len(jobs_by_draw) * (len(jobs_by_draw) - 1) // 2} pairs): "
+              + "; ".join(f"{k} {v:+.2f}" for k, v in between.items()))
 
 
 def summarise(paths: list[str], draws: tuple[str, ...] | None, objective_seeds: tuple[int, ...]) -> int:
