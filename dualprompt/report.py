@@ -181,7 +181,7 @@ def search_section(rows: pd.DataFrame, out: Path, spec: dict) -> list[str]:
         md += ["Search space: " + "; ".join([f"{k} in [{lo:g}, {hi:g}] ({scale})" for k, (lo, hi, scale) in
                                              bounds.items()] + [f"{k} in {{{', '.join(map(str, v))}}}" for k, v in
                                                                 spec.get("choices", {}).items()]) + ".", ""]
-    md += _held_out_words(rows) + _bought(rows) + _validity(rows, out, protocol)
+    md += _held_out_words(rows, protocol) + _bought(rows) + _validity(rows, out, protocol)
     best = best_search_trials(rows, k=5)
     if len(best):
         md += ["Best complete search trials (highest objective first):", "",
@@ -197,11 +197,11 @@ def search_section(rows: pd.DataFrame, out: Path, spec: dict) -> list[str]:
 def _objective_words(protocol) -> str:
     if protocol.search.hm_of:
         return ("HM of the trained half's validation accuracy and the held-out half's accuracy, inside the "
-                f"{'base' if protocol.search.pool == 'base' else 'source'} classes")
+                f"{_pool_words(protocol)} classes")
     return "validation accuracy, images never trained on"
 
 
-def _held_out_words(rows: pd.DataFrame) -> list[str]:
+def _held_out_words(rows: pd.DataFrame, protocol) -> list[str]:
     """Whether the search's ranking is about the configurations or about which classes its folds held out."""
     held_out = held_out_agreement(rows)
     if held_out is None or math.isnan(held_out.folds_agree):
@@ -215,14 +215,19 @@ def _held_out_words(rows: pd.DataFrame) -> list[str]:
     over_interval = "" if math.isnan(low) else f"; {bounds[0]:.2f} to {bounds[1]:.2f} over that interval"
     ceiling_range = "" if math.isnan(low) else f" ({math.sqrt(bounds[0]):.2f} to {math.sqrt(bounds[1]):.2f})"
     return [f"**Does the ranking carry to other held-out classes?** Each fold of the pseudo split holds out other "
-            f"base classes (and trains on the rest). Over the {held_out.trials} complete trials, the "
-            f"{held_out.folds} folds' objectives rank the trials alike at Spearman **{held_out.folds_agree:.2f}**"
+            f"{_pool_words(protocol)} classes (and trains on the rest). Over the {held_out.trials} complete trials, "
+            f"the {held_out.folds} folds' objectives rank the trials alike at Spearman **{held_out.folds_agree:.2f}**"
             f"{f' ({aside})' if aside else ''}. Their mean, the objective, then has a reliability of about "
             f"{held_out.reliability:.2f} with respect to which classes are held out (Spearman-Brown"
             f"{over_interval}), and its rank correlation with the configurations' results on any other classes, "
             "the final test on the new ones included, can hardly exceed the square root of that: about "
             f"**{math.sqrt(held_out.reliability):.2f}**{ceiling_range}. Validation rows only; "
             "`python -m dualprompt.world.draws` measures the same on other class draws of the offline world.", ""]
+
+
+def _pool_words(protocol) -> str:
+    """The classes a pseudo-split search works inside: the base classes, or all of a source dataset's."""
+    return "base" if protocol.search.pool == "base" else "source"
 
 
 def _bought(rows: pd.DataFrame) -> list[str]:

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dualprompt.config import Config
+from dualprompt.protocols import get_protocol
 from dualprompt.report import _bought, _ceiling_words, _held_out_words, _one_se_words
 from dualprompt.results import ResultRow, load_results, rows_to_table, write_rows
 from dualprompt.tables import (
@@ -196,7 +197,8 @@ def test_agreement_averages_every_pair_and_spearman_brown_by_hand():
 
 
 def test_report_says_how_far_the_folds_ranking_carries():
-    words = " ".join(_held_out_words(frame(_fold_rows([62.0, 60.0, 64.0, 68.0, 66.0]))))
+    words = " ".join(_held_out_words(frame(_fold_rows([62.0, 60.0, 64.0, 68.0, 66.0])), get_protocol("base2new")))
+    assert "Each fold of the pseudo split holds out other base classes" in words
     assert "the 2 folds' objectives rank the trials alike at Spearman **0.80**" in words
     assert "its 2 search seeds, which hold out the same classes, agree at 1.00" in words
     assert "reliability of about 0.89" in words and "about **0.94**" in words  # sqrt(0.889)
