@@ -210,6 +210,15 @@ def test_between_draws_compares_each_pair_of_draws_by_hand():
     assert out["mean_objective_vs_mean_final_hm"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_folds_agreement_compares_the_two_held_out_blocks_rankings():
+    jobs = _draw_jobs((50.0, 52.0, 54.0), (60.0, 61.0, 62.0))  # both folds score a configuration alike
+    assert draws.folds_agreement(jobs) == pytest.approx(1.0)
+    for job in jobs:  # fold 1 reverses the ranking: 110 - objective
+        if job["stage"] == "search" and job["fold"] == 1:
+            job["hm_val"] = 110.0 - job["hm_val"]
+    assert draws.folds_agreement(jobs) == pytest.approx(-1.0)
+
+
 def _write_draws(path: Path, jobs_by_draw: dict[str, list[dict]], seeds=(1, 2)) -> str:
     rows = [{"draw": draw, **job} for draw, jobs in jobs_by_draw.items() for job in jobs]
     record = {"configs": {"defaults": {"n_ctx": 4}}, "datasets": ["d"], "seeds": list(seeds), "rows": rows}

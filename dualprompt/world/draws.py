@@ -305,10 +305,19 @@ def draw_reliability(jobs: list[dict]) -> dict[str, float]:
     return ceiling_from(spread_and_noise(jobs))
 
 
+def folds_agreement(jobs: list[dict]) -> float:
+    """Spearman between the objective's two folds (each holds out the other base block) over the configurations:
+    the validation side's own measure of how far a ranking carries to other held-out classes."""
+    from dualprompt.tables import agreement
+
+    search = pd.DataFrame(jobs).query("stage == 'search'")
+    return agreement(search.groupby(["variant", "fold"])["hm_val"].mean().unstack())  # [config, fold]
+
+
 def summarise_draw(jobs: list[dict], objective_seeds: tuple[int, ...]) -> tuple[pd.DataFrame, dict[str, float]]:
     """A draw's table and everything printed about it."""
     table = draw_table(jobs)
-    summary = {**draw_summary(table), **draw_reliability(jobs)}
+    summary = {**draw_summary(table), **draw_reliability(jobs), "spearman_fold_0_fold_1": folds_agreement(jobs)}
     summary.update({f"spearman_objective_{k}_seeds_final_hm": objective_seed_validity(jobs, k)
                     for k in objective_seeds})
     return table, summary
