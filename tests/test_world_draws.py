@@ -129,7 +129,10 @@ def test_the_defaults_own_search_trial_is_not_a_second_configuration():
     (["--smoke", "--datasets", "synthetic_source"], "--datasets: synthetic_source has no class blocks"),
     (["--smoke", "--block", "1x3"], "--block: '1x3' is not COLOURSxSHAPES with each between 2 and 3"),
     (["--smoke", "--block", "3"], "--block: '3' is not COLOURSxSHAPES"),
-    (["--smoke", "--from-json", "x.json"], "--from-json: it re-reads finished runs; drop --sweep and --smoke"),
+    (["--smoke", "--from-json", "x.json"], "--from-json: it re-reads finished runs; drop --sweep, --smoke and --set"),
+    (["--smoke", "--set", "mi_wieght=2"], "--set: mi_wieght: not a configuration field. Did you mean mi_weight"),
+    (["--smoke", "--set", "ctx_fill"], "--set: ctx_fill: expected KEY=VALUE"),
+    (["--smoke", "--set", "seed=3"], "--set: dataset and seed are what the draws vary; use --datasets and --seeds."),
     (["--from-json", "no/such.json"], "--from-json: no/such.json is not a file"),
     (["--smoke", "--objective-seeds", "1,x"], "--objective-seeds: '1,x' is not a comma-separated list"),
     (["--smoke", "--objective-seeds", "2"], "--objective-seeds: 2 is more seeds than the run trains"),
@@ -139,6 +142,16 @@ def test_bad_arguments_are_one_sentence_before_any_work(capsys, args, message):
         draws.parse_args(args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_set_overrides_every_configuration_taken_from_the_sweep():
+    args = draws.parse_args(["--sweep", str(EXAMPLE), "--configs", "2", "--set", "ctx_fill=random",
+                             "--set", "epochs=7"])
+    configs = draws.configurations(args)
+    plain = draws.sweep_configs(str(EXAMPLE), 2)
+    assert list(configs) == list(plain) and len(configs) >= 2
+    for name, fields in configs.items():  # everything else as the sweep's rows recorded it
+        assert fields == {**plain[name], "ctx_fill": "random", "epochs": 7}
 
 
 def _hand_jobs(step: float) -> list[dict]:

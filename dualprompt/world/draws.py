@@ -115,9 +115,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the objective's validity grows with a sweep's --search-seeds)")
     parser.add_argument("--from-json", nargs="+", metavar="FILE", help="summarise the jobs that earlier runs' --json "
                         "wrote (one or more files, each draw in one of them) instead of running any")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field "
+                        "in every configuration (e.g. ctx_fill=random: the sweep's configurations with another fill)")
     parser.add_argument("--smoke", action="store_true", help="the offline defaults and two other configurations, "
                         "1 dataset, 2 draws, 1 seed, 2 epochs, 4 shots")
     args = parser.parse_args(argv)
+    from dualprompt.config import ConfigError, parse_assignment
+
+    try:
+        args.set = dict(parse_assignment(pair) for pair in args.set)
+    except ConfigError as error:
+        parser.error(f"--set: {error}")
+    if {"dataset", "seed"} & set(args.set):
+        parser.error("--set: dataset and seed are what the draws vary; use --datasets and --seeds.")
     args.draws = tuple(d.strip() for d in (args.draws or "").split(",") if d.strip()) or None
     counts = [c.strip() for c in (args.objective_seeds or "").split(",") if c.strip()]
     if not all(c.isdigit() and int(c) >= 1 for c in counts):
@@ -129,8 +139,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--draws: {bad[0]!r} is not a draw; use two of the blocks {LETTERS} in order, e.g. "
                      f"{','.join(DRAWS)}.")
     if args.from_json:
-        if args.sweep or args.smoke:
-            parser.error("--from-json: it re-reads finished runs; drop --sweep and --smoke, which start new ones.")
+        if args.sweep or args.smoke or args.set:
+            parser.error("--from-json: it re-reads finished runs; drop --sweep, --smoke and --set, which start new "
+                         "ones.")
         missing = [path for path in args.from_json if not Path(path).is_file()]
         if missing:
             parser.error(f"--from-json: {missing[0]} is not a file; pass files that `--json` wrote.")
@@ -195,6 +206,13 @@ def sweep_configs(folder: str, n: int) -> dict[str, dict]:
             continue  # the defaults' own search trial: trained once, as "defaults", so it counts once
         configs[f"rank {rank + 1}"] = fields
     return configs
+
+
+def configurations(args: argparse.Namespace) -> dict[str, dict]:
+    """The configurations a run trains (the smoke's, or the sweep's), each with the `--set` overrides, so
+    the JSON records them as trained."""
+    configs = smoke_configs() if args.smoke else sweep_configs(args.sweep, args.configs)
+    return {name: {**fields, **args.set} for name, fields in configs.items()}
 
 
 def run_jobs(experiment, configs: dict[str, dict], datasets: tuple[str, ...], seeds: tuple[int, ...],
@@ -454,9 +472,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("data_root", args.data_root), ("cache_dir", args.cache_dir)) if v}
     if args.smoke:
         datasets, draws, seeds = SMOKE["datasets"], SMOKE["draws"], SMOKE["seeds"]
-        configs = smoke_configs()
-    else:
-        configs = sweep_configs(args.sweep, args.configs)
+    configs = configurations(args)
     side = "" if args.block == FULL_BLOCK else f", blocks cut to {args.block[0]} colours x {args.block[1]} shapes"
     print(f"Class draws {','.join(draws)} (base blocks; AB is the committed world{side}) x {len(configs)} "
           f"configurations ({', '.join(configs)}) x seeds {','.join(map(str, seeds))} x {len(datasets)} datasets",
