@@ -133,6 +133,7 @@ def test_the_defaults_own_search_trial_is_not_a_second_configuration():
     (["--smoke", "--set", "mi_wieght=2"], "--set: mi_wieght: not a configuration field. Did you mean mi_weight"),
     (["--smoke", "--set", "ctx_fill"], "--set: ctx_fill: expected KEY=VALUE"),
     (["--smoke", "--set", "seed=3"], "--set: dataset and seed are what the draws vary; use --datasets and --seeds."),
+    (["--smoke", "--set", "cache_dir=/x"], "--set: data_root and cache_dir are this machine's, not a configuration's"),
     (["--from-json", "no/such.json"], "--from-json: no/such.json is not a file"),
     (["--smoke", "--objective-seeds", "1,x"], "--objective-seeds: '1,x' is not a comma-separated list"),
     (["--smoke", "--objective-seeds", "2"], "--objective-seeds: 2 is more seeds than the run trains"),

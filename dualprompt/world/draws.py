@@ -128,6 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--set: {error}")
     if {"dataset", "seed"} & set(args.set):
         parser.error("--set: dataset and seed are what the draws vary; use --datasets and --seeds.")
+    if {"data_root", "cache_dir"} & set(args.set):
+        parser.error("--set: data_root and cache_dir are this machine's, not a configuration's; use --data-root and "
+                     "--cache-dir.")
     args.draws = tuple(d.strip() for d in (args.draws or "").split(",") if d.strip()) or None
     counts = [c.strip() for c in (args.objective_seeds or "").split(",") if c.strip()]
     if not all(c.isdigit() and int(c) >= 1 for c in counts):
