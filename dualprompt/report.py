@@ -206,22 +206,23 @@ def _held_out_words(rows: pd.DataFrame, protocol) -> list[str]:
     held_out = held_out_agreement(rows)
     if held_out is None or math.isnan(held_out.folds_agree):
         return []
-    low, high = spearman_interval(held_out.folds_agree, held_out.trials)
-    bounds = [spearman_brown(r, held_out.folds) for r in (low, high)]  # NaN where the interval is
-    interval = "" if math.isnan(low) else f"95% interval {low:.2f} to {high:.2f}, Fisher's z"
-    seeds = (f"its {held_out.seeds} search seeds, which hold out the same classes, agree at "
-             f"{held_out.seeds_agree:.2f}" if held_out.seeds > 1 else "")
-    aside = "; ".join(part for part in (interval, seeds) if part)
-    over_interval = "" if math.isnan(low) else f"; {bounds[0]:.2f} to {bounds[1]:.2f} over that interval"
-    ceiling_range = "" if math.isnan(low) else f" ({math.sqrt(bounds[0]):.2f} to {math.sqrt(bounds[1]):.2f})"
+    low, high = spearman_interval(held_out.folds_agree, held_out.trials)  # NaN only at |agreement| = 1
+    ranged = not math.isnan(low)
+    low_r, high_r = (spearman_brown(r, held_out.folds) for r in (low, high))
+    asides = [f"95% interval {low:.2f} to {high:.2f}, Fisher's z"] if ranged else []
+    if held_out.seeds > 1:
+        asides.append(f"its {held_out.seeds} search seeds, which hold out the same classes, agree at "
+                      f"{held_out.seeds_agree:.2f}")
+    aside = "; ".join(asides)
     return [f"**Does the ranking carry to other held-out classes?** Each fold of the pseudo split holds out other "
             f"{_pool_words(protocol)} classes (and trains on the rest). Over the {held_out.trials} complete trials, "
             f"the {held_out.folds} folds' objectives rank the trials alike at Spearman **{held_out.folds_agree:.2f}**"
             f"{f' ({aside})' if aside else ''}. Their mean, the objective, then has a reliability of about "
             f"{held_out.reliability:.2f} with respect to which classes are held out (Spearman-Brown"
-            f"{over_interval}), and its rank correlation with the configurations' results on any other classes, "
-            "the final test on the new ones included, can hardly exceed the square root of that: about "
-            f"**{math.sqrt(held_out.reliability):.2f}**{ceiling_range}. Validation rows only; "
+            f"{f'; {low_r:.2f} to {high_r:.2f} over that interval' if ranged else ''}), and its rank correlation "
+            "with the configurations' results on any other classes, the final test on the new ones included, can "
+            f"hardly exceed the square root of that: about **{math.sqrt(held_out.reliability):.2f}**"
+            f"{f' ({math.sqrt(low_r):.2f} to {math.sqrt(high_r):.2f})' if ranged else ''}. Validation rows only; "
             "`python -m dualprompt.world.draws` measures the same on other class draws of the offline world.", ""]
 
 

@@ -217,8 +217,8 @@ def test_between_draws_compares_each_pair_of_draws_by_hand():
     # Both draws' objectives rank c0 < c1 < c2; AB's final HM agrees (ranks 1, 2, 3), CD's ranks them 2, 3, 1:
     # squared rank differences 6, Spearman 1 - 6 x 6 / (3 x 8) = -0.5. Averaged over the draws the objective
     # still ranks c0 < c1 < c2 and the final HM is 61, 62, 61 (ranks 1.5, 3, 1.5): Spearman 0.
-    out = draws.between_draws({"AB": _draw_jobs((50.0, 52.0, 54.0), (60.0, 61.0, 62.0)),
-                               "CD": _draw_jobs((40.0, 45.0, 50.0), (62.0, 63.0, 60.0))})
+    out = draws.between_draws({"AB": draws.draw_table(_draw_jobs((50.0, 52.0, 54.0), (60.0, 61.0, 62.0))),
+                               "CD": draws.draw_table(_draw_jobs((40.0, 45.0, 50.0), (62.0, 63.0, 60.0)))})
     assert out["final_hm_draw_vs_draw"] == pytest.approx(-0.5)
     assert out["objective_draw_vs_draw"] == pytest.approx(1.0)
     assert out["mean_objective_vs_mean_final_hm"] == pytest.approx(0.0, abs=1e-12)

@@ -43,6 +43,7 @@ LETTERS = "ABCD"[:BLOCKS]
 DRAWS = tuple("".join(pair) for pair in combinations(LETTERS, 2))  # AB AC AD BC BD CD
 CLASSES_PER_BLOCK = BLOCK_SIZE * BLOCK_SIZE
 N_FOLDS = 2  # class folds of one search trial: pseudo-base A / pseudo-new B, and the swap
+VARIED = ("dataset", "seed")  # what a draw's jobs vary; never a configuration's setting
 SMOKE = {"datasets": ("synthetic_blurry",), "draws": ("AB", "CD"), "seeds": (1,),
          "config": {"epochs": 2, "shots": 4, "n_views": 2}}
 
@@ -120,15 +121,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="the offline defaults and two other configurations, "
                         "1 dataset, 2 draws, 1 seed, 2 epochs, 4 shots")
     args = parser.parse_args(argv)
-    from dualprompt.config import ConfigError, parse_assignment
+    from dualprompt.config import MACHINE_LOCAL_FIELDS, ConfigError, parse_assignment
 
     try:
         args.set = dict(parse_assignment(pair) for pair in args.set)
     except ConfigError as error:
         parser.error(f"--set: {error}")
-    if {"dataset", "seed"} & set(args.set):
+    if set(VARIED) & set(args.set):
         parser.error("--set: dataset and seed are what the draws vary; use --datasets and --seeds.")
-    if {"data_root", "cache_dir"} & set(args.set):
+    if set(MACHINE_LOCAL_FIELDS) & set(args.set):
         parser.error("--set: data_root and cache_dir are this machine's, not a configuration's; use --data-root and "
                      "--cache-dir.")
     args.draws = tuple(d.strip() for d in (args.draws or "").split(",") if d.strip()) or None
@@ -190,7 +191,7 @@ def sweep_configs(folder: str, n: int) -> dict[str, dict]:
     trials = search_trials(rows)
     trials = trials[trials["complete"].astype(bool)].sort_values("objective", ascending=False)
     ranks = evenly_spaced_ranks(len(trials), n)
-    keep = [k for k in FIELD_TYPE if k in search and k not in ("dataset", "seed", *MACHINE_LOCAL_FIELDS)]
+    keep = [k for k in FIELD_TYPE if k in search and k not in (*VARIED, *MACHINE_LOCAL_FIELDS)]
 
     def flat(row: pd.Series) -> dict:
         return {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in keep if not pd.isna(row[k])}
@@ -352,16 +353,17 @@ def pooled_reliability(jobs_by_draw: dict[str, list[dict]]) -> dict[str, float]:
                                      for i in (0, 1)) for name in ("objective", "final")})
 
 
-def between_draws(jobs_by_draw: dict[str, list[dict]]) -> dict[str, float]:
-    """How alike the draws (other classes new) rank the configurations: the mean Spearman over pairs of draws
-    of the final HM and of the objective, and Spearman of the two, each averaged over the draws first. One
-    draw's final HM is one sample of new classes; where two draws' finals rank the configurations unalike,
-    no objective can agree with one draw's final by more than that, however valid it is over draws."""
+def between_draws(tables: dict[str, pd.DataFrame]) -> dict[str, float]:
+    """How alike the draws (other classes new) rank the configurations, from each draw's `draw_table`: the
+    mean Spearman over pairs of draws of the final HM and of the objective, and Spearman of the two, each
+    averaged over the draws first. One draw's final HM is one sample of new classes; where two draws' finals
+    rank the configurations unalike, no objective can agree with one draw's final by more than that, however
+    valid it is over draws."""
     from dualprompt.tables import agreement, spearman
 
-    tables = {draw: draw_table(jobs).set_index("config") for draw, jobs in jobs_by_draw.items()}
-    final = pd.DataFrame({draw: table["final_hm"] for draw, table in tables.items()})  # [config, draw]
-    objective = pd.DataFrame({draw: table["objective"] for draw, table in tables.items()})
+    by_config = {draw: table.set_index("config") for draw, table in tables.items()}
+    final = pd.DataFrame({draw: table["final_hm"] for draw, table in by_config.items()})  # [config, draw]
+    objective = pd.DataFrame({draw: table["objective"] for draw, table in by_config.items()})
     return {"final_hm_draw_vs_draw": agreement(final), "objective_draw_vs_draw": agreement(objective),
             "mean_objective_vs_mean_final_hm": spearman(objective.mean(axis=1), final.mean(axis=1))}
 
@@ -413,7 +415,8 @@ def print_draw(draw: str, table: pd.DataFrame, summary: dict[str, float], note: 
           f"{low:+.2f} to {high:+.2f} (Fisher's z)", flush=True)
 
 
-def print_over_draws(summaries: dict[str, dict[str, float]], jobs_by_draw: dict[str, list[dict]]) -> None:
+def print_over_draws(summaries: dict[str, dict[str, float]], jobs_by_draw: dict[str, list[dict]],
+                     tables: dict[str, pd.DataFrame]) -> None:
     print(f"\nOver {len(summaries)} draws (mean ± std):\n")
     for key in next(iter(summaries.values())):
         values = pd.Series([s[key] for s in summaries.values()], dtype="float64")
@@ -423,7 +426,7 @@ def print_over_draws(summaries: dict[str, dict[str, float]], jobs_by_draw: dict[
     print("\nPooled over the draws (spreads and seed noise averaged first): "
           + "; ".join(f"{k} {v:.2f}" for k, v in pooled.items()))
     if len(jobs_by_draw) > 1:
-        between = between_draws(jobs_by_draw)
+        between = between_draws(tables)
         print(f"Between draws (mean Spearman over the {len(jobs_by_draw) * (len(jobs_by_draw) - 1) // 2} pairs): "
               + "; ".join(f"{k} {v:+.2f}" for k, v in between.items()))
 
@@ -442,11 +445,11 @@ def summarise(paths: list[str], draws: tuple[str, ...] | None, objective_seeds: 
     configs = list(dict.fromkeys(job["variant"] for job in first))
     print(f"Class draws {','.join(jobs_by_draw)} from {len(paths)} file(s) x {len(configs)} configurations "
           f"({', '.join(configs)}) x seeds {','.join(map(str, seeds))} x {len(datasets)} datasets")
-    summaries = {}
+    summaries, tables = {}, {}
     for draw, jobs in jobs_by_draw.items():
-        table, summaries[draw] = summarise_draw(jobs, objective_seeds)
-        print_draw(draw, table, summaries[draw], "")
-    print_over_draws(summaries, jobs_by_draw)
+        tables[draw], summaries[draw] = summarise_draw(jobs, objective_seeds)
+        print_draw(draw, tables[draw], summaries[draw], "")
+    print_over_draws(summaries, jobs_by_draw, tables)
     return 0
 
 
@@ -481,17 +484,17 @@ def run(args: argparse.Namespace) -> int:
           f"configurations ({', '.join(configs)}) x seeds {','.join(map(str, seeds))} x {len(datasets)} datasets",
           flush=True)
     backbone = load_backbone(Config.from_flat({**configs["defaults"], **overrides}).backbone)
-    summaries, jobs_by_draw, start = {}, {}, time.perf_counter()
+    summaries, jobs_by_draw, tables, start = {}, {}, {}, time.perf_counter()
     for draw in draws:
         jobs_by_draw[draw] = run_jobs(Experiment(backbone, relabel_for(draw, args.block)), configs, datasets, seeds,
                                       overrides)
-        table, summaries[draw] = summarise_draw(jobs_by_draw[draw], args.objective_seeds)
+        tables[draw], summaries[draw] = summarise_draw(jobs_by_draw[draw], args.objective_seeds)
         if args.json:  # after every draw, so an interrupted run keeps the draws it finished
             rows = [{"draw": d, **job} for d, jobs in jobs_by_draw.items() for job in jobs]
             record = {"configs": configs, "datasets": datasets, "seeds": seeds, "rows": rows}
             write_bytes_atomically(json.dumps(record, indent=1, default=str).encode(), args.json)
-        print_draw(draw, table, summaries[draw], f"; {time.perf_counter() - start:.0f} s so far")
-    print_over_draws(summaries, jobs_by_draw)
+        print_draw(draw, tables[draw], summaries[draw], f"; {time.perf_counter() - start:.0f} s so far")
+    print_over_draws(summaries, jobs_by_draw, tables)
     return 0
 
 
