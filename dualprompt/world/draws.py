@@ -61,23 +61,34 @@ def smoke_configs() -> dict[str, dict]:
             "other 2": {**defaults, "n_ctx": 2, "aug_strength": 0.0}}
 
 
+def block_labels(letter: str, block: tuple[int, int] = FULL_BLOCK) -> list[int]:
+    """Labels of block `letter` of the committed layout, keeping its first colours x first shapes where `block`
+    = (colours, shapes) is smaller than the layout's (a block's labels are colour-major)."""
+    colours, shapes = block
+    return [LETTERS.index(letter) * CLASSES_PER_BLOCK + colour * BLOCK_SIZE + shape
+            for colour in range(colours) for shape in range(shapes)]
+
+
 def block_order(draw: str, block: tuple[int, int] = FULL_BLOCK) -> list[int]:
     """Labels of the committed layout in the order that makes `draw`'s two blocks base (first, in the
-    order named, so fold 0's pseudo-base is the first letter) and the other two new. With `block` =
-    (colours, shapes) smaller than the layout's, each block keeps only its first colours x first shapes (a
-    block's labels are colour-major): a world of smaller blocks with the same properties."""
+    order named, so fold 0's pseudo-base is the first letter) and the other two new. With `block` smaller
+    than the layout's, each block keeps only its first colours x first shapes: a world of smaller blocks
+    with the same properties."""
     blocks = list(draw) + [b for b in LETTERS if b not in draw]
-    colours, shapes = block
-    return [LETTERS.index(b) * CLASSES_PER_BLOCK + colour * BLOCK_SIZE + shape
-            for b in blocks for colour in range(colours) for shape in range(shapes)]
+    return [label for b in blocks for label in block_labels(b, block)]
 
 
 def relabel_for(draw: str, block: tuple[int, int] = FULL_BLOCK):
-    """The `Experiment(relabel=...)` function of a draw; a dataset of another size is one sentence."""
+    """The `Experiment(relabel=...)` function of a draw."""
+    return relabel_to(block_order(draw, block))
+
+
+def relabel_to(order: list[int]):
+    """The `Experiment(relabel=...)` function that keeps the committed layout's labels `order`, in that order;
+    a dataset of another size is one sentence."""
     from dualprompt.data.errors import DataError
     from dualprompt.data.sampling import restrict_to_labels
 
-    order = block_order(draw, block)
     expected = BLOCKS * CLASSES_PER_BLOCK
 
     def relabel(splits):
@@ -179,37 +190,52 @@ def sweep_configs(folder: str, n: int) -> dict[str, dict]:
     """name -> flat Config fields: the sweep's defaults, then `n` complete search trials at evenly spaced
     objective ranks (best first), each with every setting its search rows recorded; a rank that is the
     defaults' own trial is left out (the defaults stand for it)."""
-    from dualprompt.config import FIELD_TYPE, MACHINE_LOCAL_FIELDS, Config
+    from dualprompt.config import Config
+    from dualprompt.tables import evenly_spaced_ranks, searched_params
+
+    rows, trials = ranked_complete_trials(folder)
+    search = rows[rows["stage"] == "search"]
+    final_defaults = rows[(rows["stage"] == "final") & (rows["variant"] == "defaults")]
+    if final_defaults.empty:  # a search without its final stage: the first search row, at Config's defaults
+        defaults = {**flat_settings(search.iloc[0]), **{p: Config().to_flat()[p] for p in searched_params(rows)}}
+    else:
+        defaults = flat_settings(final_defaults.iloc[0])
+    configs = {"defaults": defaults}
+    searched = searched_params(rows)
+    for rank in evenly_spaced_ranks(len(trials), n):
+        fields = trial_settings(search, trials["trial_id"].iloc[rank])
+        if all(fields.get(p) == defaults.get(p) for p in searched):
+            continue  # the defaults' own search trial: trained once, as "defaults", so it counts once
+        configs[f"rank {rank + 1}"] = fields
+    return configs
+
+
+def ranked_complete_trials(folder: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A base-to-new sweep's rows and its complete search trials, the highest objective first; a folder
+    without such rows is one sentence."""
     from dualprompt.errors import UsageError
     from dualprompt.results import load_results
-    from dualprompt.tables import evenly_spaced_ranks, search_trials, searched_params
+    from dualprompt.tables import search_trials
 
     rows = load_results(folder)
     search = rows[rows["stage"] == "search"]
     if search.empty or search["protocol"].iloc[0] != "base2new":
         raise UsageError(f"{folder}: no base-to-new search rows; pass the folder of a base2new sweep.")
     trials = search_trials(rows)
-    trials = trials[trials["complete"].astype(bool)].sort_values("objective", ascending=False)
-    ranks = evenly_spaced_ranks(len(trials), n)
-    keep = [k for k in FIELD_TYPE if k in search and k not in (*VARIED, *MACHINE_LOCAL_FIELDS)]
+    return rows, trials[trials["complete"].astype(bool)].sort_values("objective", ascending=False)
 
-    def flat(row: pd.Series) -> dict:
-        return {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in keep if not pd.isna(row[k])}
 
-    final_defaults = rows[(rows["stage"] == "final") & (rows["variant"] == "defaults")]
-    if final_defaults.empty:  # a search without its final stage: the first search row, at Config's defaults
-        defaults = {**flat(search.iloc[0]), **{p: Config().to_flat()[p] for p in searched_params(rows)}}
-    else:
-        defaults = flat(final_defaults.iloc[0])
-    configs = {"defaults": defaults}
-    searched = searched_params(rows)
-    for rank in ranks:
-        trial_id = trials["trial_id"].iloc[rank]
-        fields = flat(search[search["trial_id"] == trial_id].iloc[0])
-        if all(fields.get(p) == defaults.get(p) for p in searched):
-            continue  # the defaults' own search trial: trained once, as "defaults", so it counts once
-        configs[f"rank {rank + 1}"] = fields
-    return configs
+def trial_settings(search: pd.DataFrame, trial_id: str) -> dict:
+    """Flat Config fields of one search trial, as its first row recorded them."""
+    return flat_settings(search[search["trial_id"] == trial_id].iloc[0])
+
+
+def flat_settings(row: pd.Series) -> dict:
+    """The Config fields a result row recorded, less what a draw varies and this machine's paths."""
+    from dualprompt.config import FIELD_TYPE, MACHINE_LOCAL_FIELDS
+
+    keep = [k for k in FIELD_TYPE if k in row and k not in (*VARIED, *MACHINE_LOCAL_FIELDS)]
+    return {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in keep if not pd.isna(row[k])}
 
 
 def configurations(args: argparse.Namespace) -> dict[str, dict]:
