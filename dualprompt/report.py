@@ -29,6 +29,7 @@ from .tables import (
     AVERAGE,
     TARGET_AVERAGE,
     best_search_trials,
+    cell_study,
     check_comparable,
     few_shot_summary,
     final_objective,
@@ -222,8 +223,28 @@ def _held_out_words(rows: pd.DataFrame, protocol) -> list[str]:
             f"{f'; {low_r:.2f} to {high_r:.2f} over that interval' if ranged else ''}), and its rank correlation "
             "with the configurations' results on any other classes, the final test on the new ones included, can "
             f"hardly exceed the square root of that: about **{math.sqrt(held_out.reliability):.2f}**"
-            f"{f' ({math.sqrt(low_r):.2f} to {math.sqrt(high_r):.2f})' if ranged else ''}. Validation rows only; "
-            "`python -m dualprompt.world.draws` measures the same on other class draws of the offline world.", ""]
+            f"{f' ({math.sqrt(low_r):.2f} to {math.sqrt(high_r):.2f})' if ranged else ''}.{_cell_words(rows)} "
+            "Validation rows only; `python -m dualprompt.world.draws` measures the same on other class draws of the "
+            "offline world.", ""]
+
+
+def _cell_words(rows: pd.DataFrame) -> str:
+    """What one cell of the search shares with the others, and how many datasets a reliable objective needs."""
+    study = cell_study(rows)
+    if study is None or math.isnan(study.reliability):
+        return ""
+    shares = study.agreements
+    if study.datasets_needed is None:
+        needed = "no number of datasets at these folds and seeds would reach 0.6"
+    else:
+        count = study.datasets_needed
+        needed = f"0.6 (a bound of 0.77) would take about {count} dataset{'s' * (count != 1)} at these folds and seeds"
+    return (f" One cell of the search (a dataset, fold and seed) ranks the trials as itself on another seed at "
+            f"{shares['another seed']:.2f}, as its dataset's other folds at {shares['another fold']:.2f} and as "
+            f"other datasets' cells at {shares['another dataset']:.2f} (pairs on different seeds): only what "
+            "cells of other datasets share carries to other classes. Read as a generalisability study, the objective "
+            f"of these {study.datasets} datasets x {study.folds} folds x {study.seeds} seeds has a reliability of "
+            f"{study.reliability:.2f} with respect to other datasets' classes; {needed}.")
 
 
 def _pool_words(protocol) -> str:

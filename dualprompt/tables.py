@@ -236,15 +236,16 @@ def objective_seed_noise(rows: pd.DataFrame, trial_ids, paired: bool = False) ->
     return seed_noise(per_seed, paired), int(per_seed.notna().sum(axis=1).min())
 
 
-def objectives_by(rows: pd.DataFrame, trial_ids, part: str) -> pd.DataFrame:
-    """Each search trial's objective on each value of `part` ("seed" or "fold") alone: [trial, part] (empty
-    without search rows)."""
+def objectives_by(rows: pd.DataFrame, trial_ids, part: str | list[str]) -> pd.DataFrame:
+    """Each search trial's objective on each value of `part` ("seed", "fold", or a list of columns such as
+    CELL) alone: [trial, part] (empty without search rows)."""
     search = rows[(rows["stage"] == "search") & rows["trial_id"].isin(list(trial_ids))]
     if search.empty:
         return pd.DataFrame()
     objective = get_protocol(search["protocol"].iloc[0]).search.objective
     scores = search[objective].astype("float64").where(search["status"] == "ok", 0.0)  # as search_trials scores
-    return scores.groupby([search["trial_id"], search[part]]).mean().unstack()
+    parts = [part] if isinstance(part, str) else part
+    return scores.groupby([search["trial_id"], *(search[p] for p in parts)]).mean().unstack(parts)
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,82 @@ def held_out_agreement(rows: pd.DataFrame) -> HeldOutAgreement | None:
     folds_agree = agreement(per_fold)
     return HeldOutAgreement(len(complete), per_fold.shape[1], per_seed.shape[1], folds_agree, agreement(per_seed),
                             spearman_brown(folds_agree, per_fold.shape[1]))
+
+
+CELL = ["dataset", "fold", "seed"]  # one search job's coordinates inside a trial, as a search row names them
+
+
+@dataclass(frozen=True)
+class CellStudy:
+    """What one cell of a search (a dataset, fold and seed) shares with others when ranking the trials, and the
+    reliability it implies (a generalisability study: `cell_agreements`, `design_reliability`)."""
+
+    agreements: dict[str, float]
+    datasets: int
+    folds: int
+    seeds: int
+    reliability: float  # of this search's objective, with respect to other datasets' classes
+    datasets_needed: int | None  # for a reliability of 0.6 at the same folds and seeds; None: more than 1,000
+
+
+def cell_study(rows: pd.DataFrame) -> CellStudy | None:
+    """The cell study of a search's complete trials; None without two datasets, folds and seeds or four trials."""
+    trials = search_trials(rows)
+    complete = trials.loc[trials["complete"].astype(bool), "trial_id"]
+    search = rows[rows["stage"] == "search"]
+    if len(complete) < 4 or not set(CELL) <= set(search) or any(search[c].nunique() < 2 for c in CELL):
+        return None
+    agreements = cell_agreements(objectives_by(rows, complete, CELL))
+    datasets, folds, seeds = (int(search[c].nunique()) for c in CELL)
+    return CellStudy(agreements, datasets, folds, seeds, design_reliability(agreements, datasets, folds, seeds),
+                     datasets_needed(agreements, folds, seeds))
+
+
+def cell_agreements(cells: pd.DataFrame) -> dict[str, float]:
+    """How alike single cells rank the configurations, by what two cells share. `cells` is [configuration,
+    (dataset, fold, seed)]: mean Spearman over pairs of cells on different seeds that share the dataset and
+    fold ("another seed"), only the dataset ("another fold"), or nothing ("another dataset"); pairs on one
+    seed share its random stream, which is no property of a configuration. What cells of other datasets share
+    is a configuration effect that carries to other classes; the rest of what a cell shares with itself on
+    another seed is about its own classes and images."""
+    pairs: dict[str, list[float]] = {"another seed": [], "another fold": [], "another dataset": []}
+    for i, a in enumerate(cells.columns):
+        for b in cells.columns[i + 1 :]:
+            if a[2] != b[2]:
+                relation = "another dataset" if a[0] != b[0] else "another fold" if a[1] != b[1] else "another seed"
+                pairs[relation].append(spearman(cells[a], cells[b]))
+    return {relation: float(np.mean(values)) if values else math.nan for relation, values in pairs.items()}
+
+
+def design_reliability(agreements: dict[str, float], datasets: int, folds: int, seeds: int) -> float:
+    """Reliability, with respect to other datasets' classes, of an objective averaging `datasets` x `folds`
+    (disjoint held-out classes) x `seeds` cells, from `cell_agreements`.
+
+    Of one cell's variance, what every cell shares is the configuration's own effect (g, what cells of other
+    datasets share), what only cells of one dataset share is that dataset's (d = another fold - g), what only
+    one cell's seeds share is its held-out classes' (c = another seed - another fold), and the rest the
+    seed's (n = 1 - another seed). The mean keeps g whole and divides the others by the cells that average
+    them: g / (g + d / D + c / (D F) + n / (D F S)); 0 where g <= 0, NaN where a share is."""
+    g, d, c, n = variance_shares(agreements)
+    if any(math.isnan(x) for x in (g, d, c)):
+        return math.nan
+    if g <= 0:
+        return 0.0
+    return g / (g + d / datasets + c / (datasets * folds) + n / (datasets * folds * seeds))
+
+
+def variance_shares(agreements: dict[str, float]) -> tuple[float, float, float, float]:
+    """(g, d, c, n) of `design_reliability`: the configuration's, its dataset's, its held-out classes' and the
+    seed's shares of one cell's variance."""
+    g = agreements["another dataset"]
+    d, c = agreements["another fold"] - g, agreements["another seed"] - agreements["another fold"]
+    return g, d, c, 1 - agreements["another seed"]
+
+
+def datasets_needed(agreements: dict[str, float], folds: int, seeds: int, target: float = 0.6) -> int | None:
+    """The fewest datasets (up to 1,000) whose cells at `folds` x `seeds` reach `target` reliability; None if
+    none do (or the agreements cannot tell)."""
+    return next((d for d in range(1, 1001) if design_reliability(agreements, d, folds, seeds) >= target), None)
 
 
 def agreement(per_part: pd.DataFrame) -> float:

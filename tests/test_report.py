@@ -15,13 +15,15 @@ import pytest
 
 from dualprompt.config import Config
 from dualprompt.protocols import get_protocol
-from dualprompt.report import _bought, _ceiling_words, _held_out_words, _one_se_words
+from dualprompt.report import _bought, _ceiling_words, _cell_words, _held_out_words, _one_se_words
 from dualprompt.results import ResultRow, load_results, rows_to_table, write_rows
 from dualprompt.tables import (
     TablesError,
     agreement,
     best_search_trials,
+    cell_study,
     chi2_quantile,
+    design_reliability,
     few_shot_summary,
     final_objective,
     held_out_agreement,
@@ -58,8 +60,8 @@ def final(variant: str, dataset: str, seed: int, base: float, new: float, failed
 
 
 def search(trial: int, mi_weight: float, n_ctx: int, variant: str, score: float, fold: int = 0,
-           seed: int = 1) -> ResultRow:
-    config = Config().replace(dataset="synthetic_a", seed=seed, mi_weight=mi_weight, n_ctx=n_ctx, aug_variant=variant)
+           seed: int = 1, dataset: str = "synthetic_a") -> ResultRow:
+    config = Config().replace(dataset=dataset, seed=seed, mi_weight=mi_weight, n_ctx=n_ctx, aug_variant=variant)
     metrics = {"acc_val_pseudobase": score + 5, "acc_val_pseudonew": score - 5, "hm_val": score}
     return ResultRow("demo", "search", f"s{trial:02d}", config, metrics=metrics, fold=fold, train_s=3.0,
                      counts={"n_val_pseudobase": 32, "n_val_pseudonew": 160}, standard_errors={"hm_val_se": 4.0},
@@ -186,6 +188,38 @@ def test_held_out_agreement_compares_the_folds_rankings_by_hand():
     assert reversed_folds.folds_agree == pytest.approx(-1.0) and reversed_folds.reliability == 0.0
     one_fold = [r for r in _fold_rows([62.0, 60.0, 64.0, 68.0, 66.0]) if r.fold == 0]
     assert held_out_agreement(frame(one_fold)) is None
+
+
+def _cell_rows() -> list[ResultRow]:
+    """Five trials in 2 datasets x 2 folds x 2 seeds. Dataset x ranks them 1..5 on fold 0 and 2 1 3 4 5 on fold 1,
+    dataset y 1 2 3 5 4 on both folds; the seeds repeat each cell's ranks."""
+    ranks = {("x", 0): [1, 2, 3, 4, 5], ("x", 1): [2, 1, 3, 4, 5], ("y", 0): [1, 2, 3, 5, 4], ("y", 1): [1, 2, 3, 5, 4]}
+    return [search(i, 0.1 * (i + 1), 2 + i, "mix", 50.0 + 2 * rank[i], fold=fold, seed=seed, dataset=dataset)
+            for (dataset, fold), rank in ranks.items() for seed in (1, 2) for i in range(5)]
+
+
+def test_cell_study_splits_what_one_cell_shares_by_hand():
+    # Spearman over 5 trials: one swapped pair 0.9, two 0.8. Another seed: every cell repeats itself (1).
+    # Another fold: x's folds 0.9 (both seed pairings), y's 1: 0.95. Another dataset (different seeds): x fold 0
+    # against y 0.9 (4 pairs), x fold 1 against y 0.8 (4): 0.85.
+    study = cell_study(frame(_cell_rows()))
+    assert study.agreements == pytest.approx({"another seed": 1.0, "another fold": 0.95, "another dataset": 0.85})
+    # g = 0.85, d = 0.10, c = 0.05, n = 0: 0.85 / (0.85 + 0.10 / 2 + 0.05 / 4) over 2 datasets; one already gives
+    # 0.85 / 0.975 = 0.87 >= 0.6.
+    assert (study.datasets, study.folds, study.seeds) == (2, 2, 2)
+    assert study.reliability == pytest.approx(0.85 / 0.9125) and study.datasets_needed == 1
+    assert design_reliability({"another seed": 0.5, "another fold": 0.2, "another dataset": 0.1}, 5, 2, 2) == (
+        pytest.approx(0.1 / (0.1 + 0.1 / 5 + 0.3 / 10 + 0.5 / 20)))
+    assert design_reliability({"another seed": 0.5, "another fold": 0.2, "another dataset": -0.1}, 5, 2, 2) == 0.0
+    one_dataset = [r for r in _cell_rows() if r.config.to_flat()["dataset"] == "x"]
+    assert cell_study(frame(one_dataset)) is None
+
+
+def test_report_says_what_one_cell_shares_and_how_many_datasets_would_do():
+    words = _cell_words(frame(_cell_rows()))
+    assert "ranks the trials as itself on another seed at 1.00, as its dataset's other folds at 0.95" in words
+    assert "of these 2 datasets x 2 folds x 2 seeds has a reliability of 0.93" in words
+    assert "would take about 1 dataset at these folds and seeds" in words
 
 
 def test_agreement_averages_every_pair_and_spearman_brown_by_hand():

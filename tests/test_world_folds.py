@@ -15,7 +15,7 @@ from dualprompt.data.sampling import pseudo_split, subsample_classes
 from dualprompt.data.synthetic import BASE_TO_NEW_DATASETS, DATASETS
 from dualprompt.data.types import DatasetSplits
 from dualprompt.errors import DualpromptError
-from dualprompt.tables import spearman_brown
+from dualprompt.tables import cell_agreements, spearman_brown
 from dualprompt.world import draws, folds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,18 +101,30 @@ def test_files_of_another_shape_or_other_seeds_are_one_sentence(tmp_path):
         folds.read_records([str(one), str(two)])
 
 
-def test_cell_agreements_and_the_design_reliability_they_imply_by_hand():
+def test_a_layouts_cells_are_its_dataset_split_and_seed_jobs_by_hand():
     rank = {"a": [1, 2, 3, 4], "b": [4, 3, 2, 1]}
     # Seed 2 repeats seed 1 in every cell; split B of dataset x ranks as split A; dataset y ranks the other way.
     cells = {("x", "A"): "a", ("x", "B"): "a", ("y", "A"): "b", ("y", "B"): "b"}
     jobs = pd.DataFrame([{"trial_id": f"t{i}", "dataset": d, "split": split, "seed": seed, "objective": rank[r][i]}
                          for (d, split), r in cells.items() for seed in (1, 2) for i in range(4)])
-    assert folds.cell_agreements(jobs) == pytest.approx({"another seed": 1.0, "another split": 1.0,
-                                                         "another dataset": -1.0})
-    # g = 0.1, d = 0.2 - 0.1, c = 0.5 - 0.2, n = 1 - 0.5: 0.1 / (0.1 + 0.1 / 5 + 0.3 / 10 + 0.5 / 20).
-    shares = {"another seed": 0.5, "another split": 0.2, "another dataset": 0.1}
-    assert folds.design_reliability(shares, 5, 2, 2) == pytest.approx(0.1 / 0.175)
-    assert folds.design_reliability({**shares, "another dataset": -0.1}, 5, 2, 2) == 0.0
+    table = folds.cells_of(jobs)
+    assert table.shape == (4, 8) and list(table.columns[0]) == ["x", "A", 1]
+    assert cell_agreements(table) == pytest.approx({"another seed": 1.0, "another fold": 1.0, "another dataset": -1.0})
+
+
+def test_model_check_sets_the_folds_measured_agreement_beside_the_cell_studys_prediction():
+    # Dataset x: fold 0 (holds out B) ranks 1..5, fold 1 ranks 2 1 3 4 5 (Spearman 0.9); dataset y 1 2 3 5 4 on
+    # both (1.0): over one dataset the folds agree at 0.95 on average. Shares: another seed 1, another fold 0.95,
+    # another dataset 0.85, so g = 0.85, d = 0.10, c = 0.05, n = 0 and r(1) = 0.95 / (0.95 + 0.05) = 0.95.
+    ranks = {("x", "B"): [1, 2, 3, 4, 5], ("x", "A"): [2, 1, 3, 4, 5], ("y", "B"): [1, 2, 3, 5, 4],
+             ("y", "A"): [1, 2, 3, 5, 4]}
+    jobs = pd.DataFrame([{"trial_id": f"t{i}", "layout": folds.COMMITTED, "dataset": d, "split": split, "seed": seed,
+                          "objective": 50.0 + 2 * rank[i]}
+                         for (d, split), rank in ranks.items() for seed in (1, 2) for i in range(5)])
+    shares = cell_agreements(folds.cells_of(jobs))
+    assert shares == pytest.approx({"another seed": 1.0, "another fold": 0.95, "another dataset": 0.85})
+    line = folds.model_check(jobs, shares, 2)
+    assert "1: 0.95 (0.95), 2: " in line
 
 
 def test_folds_smoke_trains_every_layouts_folds_and_rereads_its_json(isolated_dirs):

@@ -19,9 +19,11 @@ This trains the search stage's jobs of every complete trial of a sweep in that l
 search seeds, and prints, next to the sweep's own two folds over the same trials, how alike folds with no
 held-out class in common rank the trials, how alike folds sharing one held-out block do, and the
 reliability and bound of a search that averages 2, 4 or 6 folds (`class_reliability`), with bootstrap
-95% intervals over the trials. It reads only the few-shot train and val images of the classes each layout
-makes base (the quarters of C and D are new classes of the committed layout, as `world.draws` makes other
-blocks base): never a test image, and never a class its own layout holds out as new.
+95% intervals over the trials, then what one cell (a dataset, fold and seed) shares with others
+(`tables.cell_agreements`; the sweep's report prints the same study of its own cells). It reads only the
+few-shot train and val images of the classes each layout makes base (the quarters of C and D are new
+classes of the committed layout, as `world.draws` makes other blocks base): never a test image, and never a
+class its own layout holds out as new.
 """
 
 from __future__ import annotations
@@ -127,39 +129,10 @@ def split_agreements(table: pd.DataFrame) -> tuple[float, float]:
     return (float(np.mean(disjoint)) if disjoint else math.nan), (float(np.mean(shared)) if shared else math.nan)
 
 
-def cell_agreements(jobs: pd.DataFrame) -> dict[str, float]:
-    """How alike single cells (one dataset, split and seed) rank the trials, by what two cells share: mean
-    Spearman over pairs of cells on different seeds that share the dataset and split, only the dataset, or
-    nothing (pairs on one seed share its random stream, which is no property of a configuration). A
-    configuration effect that carries to other classes is what cells of other datasets share; the rest of
-    what one cell shares with itself on another seed is about its own classes and images."""
-    from dualprompt.tables import spearman
-
+def cells_of(jobs: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's objective in each cell (dataset, split, seed) alone, for `tables.cell_agreements`."""
     cells = ["dataset", "split", "seed"]
-    table = jobs.groupby(["trial_id", *cells])["objective"].mean().unstack(cells)
-    pairs: dict[str, list[float]] = {"another seed": [], "another split": [], "another dataset": []}
-    for a, b in combinations(table.columns, 2):
-        if a[2] != b[2]:
-            relation = "another dataset" if a[0] != b[0] else "another split" if a[1] != b[1] else "another seed"
-            pairs[relation].append(spearman(table[a], table[b]))
-    return {relation: float(np.mean(values)) if values else math.nan for relation, values in pairs.items()}
-
-
-def design_reliability(cells: dict[str, float], datasets: int, folds: int, seeds: int) -> float:
-    """Reliability, with respect to other datasets' classes, of a search averaging `datasets` x `folds`
-    (disjoint held-out classes) x `seeds` cells, from `cell_agreements` (a generalisability study).
-
-    Of one cell's variance, the share every cell shares is the configuration's own effect (g, what cells of
-    other datasets share), what only cells of one dataset share is that dataset's (d = another split - g),
-    what only the seeds of one cell share is its held-out classes' (c = another seed - another split), and
-    the rest the seed's (n = 1 - another seed). The design's mean keeps g whole and divides the others by the
-    cells that average them: g / (g + d / D + c / (D F) + n / (D F S)); 0 where g <= 0."""
-    g = cells["another dataset"]
-    if math.isnan(g) or g <= 0:
-        return 0.0 if not math.isnan(g) else math.nan
-    d, c = cells["another split"] - g, cells["another seed"] - cells["another split"]
-    n = 1 - cells["another seed"]
-    return g / (g + d / datasets + c / (datasets * folds) + n / (datasets * folds * seeds))
+    return jobs.groupby(["trial_id", *cells])["objective"].mean().unstack(cells)
 
 
 def class_reliability(disjoint: float, shared: float, folds: int) -> float:
@@ -200,15 +173,38 @@ def designs(tables: dict[str, pd.DataFrame], seeds: tuple[int, ...]) -> dict[str
     return out
 
 
-def _datasets_needed(cells: dict[str, float], datasets: int, seeds: int) -> str:
+def model_check(jobs: pd.DataFrame, agreements: dict[str, float], seeds: int) -> str:
+    """The committed folds' agreement over k of the datasets (mean over every subset of k) next to what the
+    cell study predicts for it: the two fold means share the configuration's effect g and their datasets' d,
+    so r(k) = (g + d / k) / (g + d / k + c / k + n / (k S))."""
+    from dualprompt.tables import spearman, variance_shares
+
+    committed = jobs[jobs["layout"] == COMMITTED]
+    names = sorted(committed["dataset"].unique())
+    g, d, c, n = variance_shares(agreements)
+    parts = []
+    for k in range(1, len(names) + 1):
+        measured = []
+        for subset in combinations(names, k):
+            table = committed[committed["dataset"].isin(subset)].groupby(["trial_id", "split"])["objective"].mean()
+            measured.append(spearman(table.unstack()["A"], table.unstack()["B"]))
+        shared = g + d / k
+        parts.append(f"{k}: {np.mean(measured):.2f} ({shared / (shared + c / k + n / (k * seeds)):.2f})")
+    return ("The committed folds' agreement over k datasets, measured (predicted by the cell study): "
+            + ", ".join(parts) + ".")
+
+
+def _datasets_needed(agreements: dict[str, float], datasets: int, seeds: int) -> str:
     """The committed search's reliability over other datasets' classes, and how many datasets 0.6 would take."""
+    from dualprompt.tables import datasets_needed, design_reliability
+
     design = f"a committed search of {_count(datasets, 'dataset')} x {N_FOLDS} folds x {_count(seeds, 'seed')}"
-    reliability = design_reliability(cells, datasets, N_FOLDS, seeds)
+    reliability = design_reliability(agreements, datasets, N_FOLDS, seeds)
     if math.isnan(reliability):
         return f"The reliability of {design} needs cells of two or more datasets and seeds to estimate."
-    needed = next((d for d in range(1, 1001) if design_reliability(cells, d, N_FOLDS, seeds) >= 0.6), None)
+    needed = datasets_needed(agreements, N_FOLDS, seeds)
     return (f"So {design} has reliability {reliability:.2f} with respect to other datasets' classes "
-            "(`design_reliability`); 0.6 (a bound of 0.77) would take "
+            "(`tables.design_reliability`); 0.6 (a bound of 0.77) would take "
             + (f"{needed} such datasets." if needed else "more than 1,000 such datasets."))
 
 
@@ -288,7 +284,7 @@ def summarise(jobs: pd.DataFrame, configs: dict[str, dict], seeds: tuple[int, ..
     """The designs' table (agreement of folds with no held-out class in common, reliability, its bound and the
     difference from the committed layout, each with its bootstrap interval over the trials), then how each
     layout's whole objective ranks the trials against the other's and against their context lengths."""
-    from dualprompt.tables import spearman
+    from dualprompt.tables import cell_agreements, design_reliability, spearman
 
     tables = split_tables(jobs, seeds)
     measured, intervals = designs(tables, seeds), bootstrap(tables, seeds, resamples)
@@ -308,13 +304,15 @@ def summarise(jobs: pd.DataFrame, configs: dict[str, dict], seeds: tuple[int, ..
     n_ctx = pd.Series([configs[t]["n_ctx"] for t in committed.index], index=committed.index)
     for layout, kept in (("committed layout", jobs[jobs["layout"] == COMMITTED]),
                          ("quarters", jobs[jobs["layout"] != COMMITTED])):
-        cells = cell_agreements(kept[kept["trial_id"].isin(committed.index)])
-        lines.append(f"One cell of the {layout} (a dataset, split and seed) ranks the trials as the same cell on "
-                     f"another seed at {cells['another seed']:.2f}, as another split of its dataset at "
-                     f"{cells['another split']:.2f}, as another dataset's cells at "
+        cells = cell_agreements(cells_of(kept[kept["trial_id"].isin(committed.index)]))
+        lines.append(f"One cell of the {layout} (a dataset, fold and seed) ranks the trials as the same cell on "
+                     f"another seed at {cells['another seed']:.2f}, as another fold of its dataset at "
+                     f"{cells['another fold']:.2f}, as another dataset's cells at "
                      f"{cells['another dataset']:.2f} (pairs on different seeds).")
-    lines.append(_datasets_needed(cell_agreements(jobs[jobs["layout"] == COMMITTED]), jobs["dataset"].nunique(),
-                                  len(seeds)))
+    shares = cell_agreements(cells_of(jobs[jobs["layout"] == COMMITTED]))
+    lines.append(_datasets_needed(shares, jobs["dataset"].nunique(), len(seeds)))
+    if not math.isnan(design_reliability(shares, 1, N_FOLDS, len(seeds))):
+        lines.append(model_check(jobs, shares, len(seeds)))
     lines += ["", f"Quarters' folds sharing one held-out block agree at {r_shared:.2f} (all seeds). Over its folds "
               f"and seeds, the committed layout's objective ranks the trials against the quarters' at "
               f"{spearman(committed, quarters):.2f}; against the number of context vectors, the committed "
