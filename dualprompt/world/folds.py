@@ -67,6 +67,11 @@ def quarters_order(pairing: str) -> list[int]:
                        for label in [x for x in block_labels(letter) if x not in quarters][:size]]
 
 
+def committed_split(fold: int) -> str:
+    """The block a fold of the committed layout holds out: B for fold 0, A for fold 1."""
+    return LETTERS[N_FOLDS - 1 - fold]
+
+
 def held_out(pairing: str, fold: int) -> str:
     """The quarters a fold of `pairing` holds out, e.g. "CD" for fold 0 of "AB|CD"."""
     trained_first, second = pairing.split("|")
@@ -89,7 +94,7 @@ def run_trial(experiments: dict, trial_id: str, fields: dict, datasets: tuple[st
             requests = [(cfg, f) for cfg in cfgs for f in range(N_FOLDS)]
             results = experiment.run_jointly([JobRequest(cfg, "search", fold=f) for cfg, f in requests])
             rows += [{"trial_id": trial_id, "layout": layout, "dataset": cfg.data.dataset, "seed": seed,
-                      "split": LETTERS[1 - f] if layout == COMMITTED else held_out(layout, f),
+                      "split": committed_split(f) if layout == COMMITTED else held_out(layout, f),
                       "objective": job_metrics(result)[objective]}
                      for (cfg, f), result in zip(requests, results, strict=True)]
     return rows
@@ -102,7 +107,7 @@ def committed_rows(rows: pd.DataFrame, trial_ids: list[str]) -> list[dict]:
     objective = get_protocol("base2new").search.objective
     search = rows[(rows["stage"] == "search") & rows["trial_id"].isin(trial_ids)]
     return [{"trial_id": r.trial_id, "layout": COMMITTED, "dataset": r.dataset, "seed": int(r.seed),
-             "split": LETTERS[1 - int(r.fold)], "objective": float(getattr(r, objective))}
+             "split": committed_split(int(r.fold)), "objective": float(getattr(r, objective))}
             for r in search.itertuples()]
 
 
@@ -157,8 +162,8 @@ def designs(tables: dict[str, pd.DataFrame], seeds: tuple[int, ...]) -> dict[str
     """design -> (jobs per dataset and trial, agreement of folds with no held-out class in common, reliability
     of the design's mean): the committed layout's two folds, and the quarters layout's 2, 4 and 6 folds."""
     r_committed, _ = split_agreements(tables[COMMITTED])
-    out = {f"committed: 2 folds x {_count(len(seeds), 'seed')}": (2 * len(seeds), r_committed,
-                                                          class_reliability(r_committed, math.nan, 2))}
+    out = {f"committed: {N_FOLDS} folds x {_count(len(seeds), 'seed')}": (
+        N_FOLDS * len(seeds), r_committed, class_reliability(r_committed, math.nan, N_FOLDS))}
     for folds, which in ((2, "all seeds"), (4, "first seed"), (6, "first seed"), (6, "all seeds")):
         used = len(seeds) if which == "all seeds" else 1
         if folds == 2:  # one pairing's two folds: their agreement, averaged over the three pairings
@@ -281,43 +286,56 @@ def smoke_trials() -> dict[str, dict]:
 
 def summarise(jobs: pd.DataFrame, configs: dict[str, dict], seeds: tuple[int, ...],
               resamples: int = RESAMPLES) -> str:
-    """The designs' table (agreement of folds with no held-out class in common, reliability, its bound and the
-    difference from the committed layout, each with its bootstrap interval over the trials), then how each
-    layout's whole objective ranks the trials against the other's and against their context lengths."""
-    from dualprompt.tables import cell_agreements, design_reliability, spearman
+    """The designs' table, the cell study, then how each layout's whole objective ranks the trials against the
+    other's and against their context lengths."""
+    from dualprompt.tables import spearman
 
     tables = split_tables(jobs, seeds)
-    measured, intervals = designs(tables, seeds), bootstrap(tables, seeds, resamples)
     _, r_shared = split_agreements(tables["all seeds"])
+    committed, quarters = tables[COMMITTED].mean(axis=1), tables["all seeds"].mean(axis=1)
+    n_ctx = pd.Series([configs[t]["n_ctx"] for t in committed.index], index=committed.index)
     lines = [f"{len(tables[COMMITTED])} trials, {_count(jobs['dataset'].nunique(), 'dataset')}, search seeds "
              f"{','.join(map(str, seeds))}; search jobs only (no test image). 95% intervals: {resamples} "
-             "bootstrap resamples of the trials.", "",
-             "| design | jobs a dataset | disjoint folds agree | reliability | bound | reliability - committed |",
+             "bootstrap resamples of the trials.", "", *designs_table(tables, seeds, resamples), "",
+             *cell_lines(jobs[jobs["trial_id"].isin(committed.index)], len(seeds)), "",
+             f"Quarters' folds sharing one held-out block agree at {r_shared:.2f} (all seeds). Over its folds "
+             f"and seeds, the committed layout's objective ranks the trials against the quarters' at "
+             f"{spearman(committed, quarters):.2f}; against the number of context vectors, the committed "
+             f"layout's at {spearman(committed, n_ctx):.2f} and the quarters' at {spearman(quarters, n_ctx):.2f}."]
+    return "\n".join(lines)
+
+
+def designs_table(tables: dict[str, pd.DataFrame], seeds: tuple[int, ...], resamples: int) -> list[str]:
+    """Per design: agreement of folds with no held-out class in common, reliability, its bound and the
+    difference from the committed layout, each with its bootstrap interval over the trials."""
+    measured, intervals = designs(tables, seeds), bootstrap(tables, seeds, resamples)
+    committed = next(iter(measured.values()))[2]
+    lines = ["| design | jobs a dataset | disjoint folds agree | reliability | bound | reliability - committed |",
              "|---|---|---|---|---|---|"]
     for name, (jobs_per, r_d, rel) in measured.items():
         (r_lo, r_hi), (l_lo, l_hi), (d_lo, d_hi) = intervals[name]
-        base = next(iter(measured.values()))[2]
         lines.append(f"| {name} | {jobs_per} | {r_d:.2f} ({r_lo:.2f} to {r_hi:.2f}) | {rel:.2f} ({l_lo:.2f} to "
-                     f"{l_hi:.2f}) | {math.sqrt(rel):.2f} | {rel - base:+.2f} ({d_lo:+.2f} to {d_hi:+.2f}) |")
-    committed, quarters = tables[COMMITTED].mean(axis=1), tables["all seeds"].mean(axis=1)
-    lines.append("")
-    n_ctx = pd.Series([configs[t]["n_ctx"] for t in committed.index], index=committed.index)
+                     f"{l_hi:.2f}) | {math.sqrt(rel):.2f} | {rel - committed:+.2f} ({d_lo:+.2f} to {d_hi:+.2f}) |")
+    return lines
+
+
+def cell_lines(jobs: pd.DataFrame, seeds: int) -> list[str]:
+    """What one cell of each layout shares, the committed search's reliability and datasets needed, and the
+    committed folds' agreement over k datasets beside its prediction."""
+    from dualprompt.tables import cell_agreements, design_reliability
+
+    lines, shares = [], {}
     for layout, kept in (("committed layout", jobs[jobs["layout"] == COMMITTED]),
                          ("quarters", jobs[jobs["layout"] != COMMITTED])):
-        cells = cell_agreements(cells_of(kept[kept["trial_id"].isin(committed.index)]))
+        shares[layout] = cells = cell_agreements(cells_of(kept))
         lines.append(f"One cell of the {layout} (a dataset, fold and seed) ranks the trials as the same cell on "
                      f"another seed at {cells['another seed']:.2f}, as another fold of its dataset at "
                      f"{cells['another fold']:.2f}, as another dataset's cells at "
                      f"{cells['another dataset']:.2f} (pairs on different seeds).")
-    shares = cell_agreements(cells_of(jobs[jobs["layout"] == COMMITTED]))
-    lines.append(_datasets_needed(shares, jobs["dataset"].nunique(), len(seeds)))
-    if not math.isnan(design_reliability(shares, 1, N_FOLDS, len(seeds))):
-        lines.append(model_check(jobs, shares, len(seeds)))
-    lines += ["", f"Quarters' folds sharing one held-out block agree at {r_shared:.2f} (all seeds). Over its folds "
-              f"and seeds, the committed layout's objective ranks the trials against the quarters' at "
-              f"{spearman(committed, quarters):.2f}; against the number of context vectors, the committed "
-              f"layout's at {spearman(committed, n_ctx):.2f} and the quarters' at {spearman(quarters, n_ctx):.2f}."]
-    return "\n".join(lines)
+    lines.append(_datasets_needed(shares["committed layout"], jobs["dataset"].nunique(), seeds))
+    if not math.isnan(design_reliability(shares["committed layout"], 1, N_FOLDS, seeds)):
+        lines.append(model_check(jobs, shares["committed layout"], seeds))
+    return lines
 
 
 def read_records(paths: list[str]) -> tuple[pd.DataFrame, dict[str, dict], tuple[int, ...], int]:
