@@ -267,6 +267,11 @@ def run_jobs(experiment, configs: dict[str, dict], datasets: tuple[str, ...], se
     return jobs
 
 
+def machine_paths(args: argparse.Namespace) -> dict:
+    """`--data-root` and `--cache-dir` as Config fields, where given: this machine's paths for every job."""
+    return {k: v for k, v in (("data_root", args.data_root), ("cache_dir", args.cache_dir)) if v}
+
+
 def job_metrics(result) -> dict:
     """A job's metrics; a failed job stops the measurement (a draw's table needs every job)."""
     if isinstance(result, Exception):
@@ -501,7 +506,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     datasets, seeds, draws = args.datasets, tuple(range(1, args.seeds + 1)), args.draws
-    overrides = {k: v for k, v in (("data_root", args.data_root), ("cache_dir", args.cache_dir)) if v}
+    overrides = machine_paths(args)
     if args.smoke:
         datasets, draws, seeds = SMOKE["datasets"], SMOKE["draws"], SMOKE["seeds"]
     configs = configurations(args)

@@ -45,6 +45,7 @@ from dualprompt.world.draws import (
     SMOKE,
     block_labels,
     job_metrics,
+    machine_paths,
     ranked_complete_trials,
     relabel_to,
     smoke_configs,
@@ -384,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
     from dualprompt.storage import write_bytes_atomically
 
     torch.set_num_threads(args.threads)
-    overrides = {k: v for k, v in (("data_root", args.data_root), ("cache_dir", args.cache_dir)) if v}
+    overrides = machine_paths(args)
     if args.smoke:
         configs, jobs, seeds, datasets = smoke_trials(), [], (1, 2), SMOKE["datasets"]
     else:

@@ -27,7 +27,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from dualprompt.world.draws import DRAWS, N_FOLDS, SMOKE, job_metrics, relabel_for, smoke_configs, sweep_configs
+from dualprompt.world.draws import (
+    DRAWS,
+    N_FOLDS,
+    SMOKE,
+    job_metrics,
+    machine_paths,
+    relabel_for,
+    smoke_configs,
+    sweep_configs,
+)
 
 RULES = ("highest", "one_se")
 HELD_OUT = tuple(d for d in DRAWS if d != "AB")  # the draws a sweep of the committed world never saw
@@ -181,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     from dualprompt.storage import write_bytes_atomically
 
     torch.set_num_threads(args.threads)
-    overrides = {k: v for k, v in (("data_root", args.data_root), ("cache_dir", args.cache_dir)) if v}
+    overrides = machine_paths(args)
     datasets, draws, seeds = BASE_TO_NEW_DATASETS, args.draws, tuple(range(1, args.seeds + 1))
     if args.smoke:
         datasets, draws, seeds, configs = SMOKE["datasets"], ("AC", "BD"), SMOKE["seeds"], smoke_configs()
