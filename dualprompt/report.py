@@ -31,6 +31,7 @@ from .tables import (
     best_search_trials,
     cell_study,
     check_comparable,
+    design_reliability,
     few_shot_summary,
     final_objective,
     held_out_agreement,
@@ -239,12 +240,15 @@ def _cell_words(rows: pd.DataFrame) -> str:
     else:
         count = study.datasets_needed
         needed = f"0.6 (a bound of 0.77) would take about {count} dataset{'s' * (count != 1)} at these folds and seeds"
+    spread = study.datasets * study.seeds  # the same jobs, one seed each
+    trade = (f" The same jobs spent on {spread} datasets with one seed each would give "
+             f"{design_reliability(shares, spread, study.folds, 1):.2f}." if study.seeds > 1 else "")
     return (f" One cell of the search (a dataset, fold and seed) ranks the trials as itself on another seed at "
             f"{shares['another seed']:.2f}, as its dataset's other folds at {shares['another fold']:.2f} and as "
             f"other datasets' cells at {shares['another dataset']:.2f} (pairs on different seeds): only what "
             "cells of other datasets share carries to other classes. Read as a generalisability study, the objective "
             f"of these {study.datasets} datasets x {study.folds} folds x {study.seeds} seeds has a reliability of "
-            f"{study.reliability:.2f} with respect to other datasets' classes; {needed}.")
+            f"{study.reliability:.2f} with respect to other datasets' classes; {needed}.{trade}")
 
 
 def _pool_words(protocol) -> str:

@@ -343,10 +343,12 @@ def design_reliability(agreements: dict[str, float], datasets: int, folds: int, 
 
 def variance_shares(agreements: dict[str, float]) -> tuple[float, float, float, float]:
     """(g, d, c, n) of `design_reliability`: the configuration's, its dataset's, its held-out classes' and the
-    seed's shares of one cell's variance."""
+    seed's shares of one cell's variance. A share estimated below zero (cells of one dataset agreeing less than
+    cells of others, by chance) is set to zero, as a generalisability study does."""
     g = agreements["another dataset"]
-    d, c = agreements["another fold"] - g, agreements["another seed"] - agreements["another fold"]
-    return g, d, c, 1 - agreements["another seed"]
+    with_dataset = max(agreements["another fold"], g)
+    with_classes = max(agreements["another seed"], with_dataset)
+    return g, with_dataset - g, with_classes - with_dataset, 1 - with_classes
 
 
 def datasets_needed(agreements: dict[str, float], folds: int, seeds: int, target: float = 0.6) -> int | None:

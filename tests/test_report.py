@@ -40,6 +40,7 @@ from dualprompt.tables import (
     std_interval,
     summarise,
     transfer_summary,
+    variance_shares,
 )
 
 
@@ -211,6 +212,9 @@ def test_cell_study_splits_what_one_cell_shares_by_hand():
     assert design_reliability({"another seed": 0.5, "another fold": 0.2, "another dataset": 0.1}, 5, 2, 2) == (
         pytest.approx(0.1 / (0.1 + 0.1 / 5 + 0.3 / 10 + 0.5 / 20)))
     assert design_reliability({"another seed": 0.5, "another fold": 0.2, "another dataset": -0.1}, 5, 2, 2) == 0.0
+    # Cells of one dataset agreeing less than cells of others: the dataset's share is zero, not negative.
+    assert variance_shares({"another seed": 0.3, "another fold": 0.04, "another dataset": 0.05}) == (
+        pytest.approx((0.05, 0.0, 0.25, 0.7)))
     one_dataset = [r for r in _cell_rows() if r.config.to_flat()["dataset"] == "x"]
     assert cell_study(frame(one_dataset)) is None
 
@@ -220,6 +224,8 @@ def test_report_says_what_one_cell_shares_and_how_many_datasets_would_do():
     assert "ranks the trials as itself on another seed at 1.00, as its dataset's other folds at 0.95" in words
     assert "of these 2 datasets x 2 folds x 2 seeds has a reliability of 0.93" in words
     assert "would take about 1 dataset at these folds and seeds" in words
+    # The same 8 jobs on 4 datasets with one seed: 0.85 / (0.85 + 0.10 / 4 + 0.05 / 8) = 0.96.
+    assert "The same jobs spent on 4 datasets with one seed each would give 0.96." in words
 
 
 def test_agreement_averages_every_pair_and_spearman_brown_by_hand():
