@@ -25,6 +25,7 @@ from .data.catalogue import REAL_DATASETS
 from .errors import DualpromptError
 from .protocols import get_protocol
 from .results import load_results
+from .storage import LEGACY_SETTINGS_FILE, SETTINGS_FILE
 from .tables import (
     AVERAGE,
     TARGET_AVERAGE,
@@ -69,10 +70,12 @@ HEADLINE = {"base2new": "Average HM", "cross_dataset": "target average accuracy"
 
 
 def sweep_spec(folder: str) -> dict:
-    """The sweep's saved plan (`_ray/sweep.json`: search bounds, choices, samples requested), or {}."""
-    path = Path(folder) / "_ray" / "sweep.json"
+    """The sweep's saved plan (`SETTINGS_FILE`, or `_ray/sweep.json` for earlier sweeps: search bounds, choices,
+    samples requested), or {}."""
+    paths = [Path(folder) / name for name in (SETTINGS_FILE, LEGACY_SETTINGS_FILE)]
+    path = next((p for p in paths if p.is_file()), None) if "://" not in folder else None
     try:
-        return json.loads(path.read_text()) if "://" not in folder and path.is_file() else {}
+        return json.loads(path.read_text()) if path else {}
     except (OSError, ValueError):
         return {}
 

@@ -3,8 +3,8 @@
 Writes go to a hidden temporary name in the same folder and are then renamed (an S3 PUT of a whole object
 is atomic anyway), so a reader never sees half a file and a rewrite replaces a file whole. Names starting
 with "." or "_" are skipped by pyarrow, pandas and `dualprompt.results` when a results folder is read: run
-state (`_ray/`), prompts (`_prompts/`) and reports (`_report/`) live next to the rows without disturbing
-`pandas.read_parquet(folder)`.
+state (`_ray/`), the sweep's settings (`_sweep.json`), prompts (`_prompts/`) and reports (`_report/`) live
+next to the rows without disturbing `pandas.read_parquet(folder)`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .errors import DualpromptError
+
+# A sweep's settings (its plan: configuration, search bounds, samples requested, final seeds) live next to its
+# rows, so a results folder that is copied or committed without `_ray/` keeps them; sweeps before this file
+# wrote them into `_ray/`, where they are still read.
+SETTINGS_FILE = "_sweep.json"
+LEGACY_SETTINGS_FILE = "_ray/sweep.json"
 
 
 class StorageError(DualpromptError):

@@ -15,8 +15,8 @@ Three layers, as Ray's Train-in-Tune guide lays them out (Train V2, Ray 2.60):
    workers every job runs data-parallel (`dualprompt.parallel`).
 
 Storage under `<storage>/<name>/`: the Parquet rows (`search-<trial>.parquet`, `final-<trial>.parquet`), the
-trained prompts (`_prompts/`), and in `_ray/` Tune's experiment state and Train's checkpoints (pandas and
-pyarrow skip `_` folders). Ray touch points are marked "# Ray:".
+sweep's settings (`_sweep.json`), the trained prompts (`_prompts/`), and in `_ray/` Tune's experiment state and
+Train's checkpoints (pandas and pyarrow skip names starting with `_`). Ray touch points are marked "# Ray:".
 """
 
 from __future__ import annotations

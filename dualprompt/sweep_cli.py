@@ -32,7 +32,7 @@ from .data.check import check_dataset
 from .errors import DualpromptError, UsageError
 from .protocols import Protocol, Scope, get_protocol
 from .search_space import DUAL_VIEW, SearchSpace
-from .storage import check_writable, join, list_files, open_storage
+from .storage import LEGACY_SETTINGS_FILE, SETTINGS_FILE, check_writable, join, list_files, open_storage
 
 REPO = Path(__file__).resolve().parent.parent
 OFFLINE_BACKBONE = "tiny-synthetic"
@@ -374,9 +374,11 @@ def check_storage(p: Plan) -> Plan:
                                           for f in list_files(p.rows_dir, ".parquet")):
         raise UsageError(f"--stage final needs the search rows of sweep {p.name!r} in {p.rows_dir}; "
                          "run --stage search (or all) first.")
-    settings_path = f"{root}/_ray/sweep.json"
-    if fs.get_file_info(settings_path).type == pafs.FileType.File:
-        with fs.open_input_stream(settings_path) as stream:
+    settings_path = f"{root}/{SETTINGS_FILE}"
+    found = next((path for path in (settings_path, f"{root}/{LEGACY_SETTINGS_FILE}")
+                  if fs.get_file_info(path).type == pafs.FileType.File), None)
+    if found:
+        with fs.open_input_stream(found) as stream:
             saved = json.loads(stream.read())
         changed = _changed_settings(saved, p.settings)
         if changed:
@@ -390,10 +392,9 @@ def check_storage(p: Plan) -> Plan:
             print(f"Sweep {p.name} already has final seeds {','.join(map(str, saved['seeds']))}; its final stage "
                   f"keeps them: seeds {','.join(map(str, seeds))}.")
             p = replace(p, scope=replace(p.scope, seeds=tuple(seeds)), settings={**p.settings, "seeds": seeds})
-        if seeds != saved.get("seeds", seeds):  # the next run keeps what this one adds
+        if seeds != saved.get("seeds", seeds) or found != settings_path:  # the next run keeps what this one adds
             _write_settings(fs, settings_path, {**saved, "seeds": seeds})
     else:
-        fs.create_dir(f"{root}/_ray", recursive=True)
         _write_settings(fs, settings_path, p.settings)
     return p
 

@@ -15,7 +15,7 @@ import pytest
 
 from dualprompt.config import Config
 from dualprompt.protocols import get_protocol
-from dualprompt.report import _bought, _ceiling_words, _cell_words, _held_out_words, _one_se_words
+from dualprompt.report import _bought, _ceiling_words, _cell_words, _held_out_words, _one_se_words, sweep_spec
 from dualprompt.results import ResultRow, load_results, rows_to_table, write_rows
 from dualprompt.tables import (
     TablesError,
@@ -402,11 +402,20 @@ def sweep_dir(root, sweep: str = "demo"):
         if v == "coop":
             rows.append(final(v, "synthetic_a", 3, 0, 0, failed=True))
         write_rows(rows, folder, f"final-{v}.parquet")
-    (folder / "_ray").mkdir()  # the sweep's saved plan: declared bounds give Optuna the true distributions
-    (folder / "_ray" / "sweep.json").write_text(json.dumps(
+    # The sweep's saved plan: declared bounds give Optuna the true distributions.
+    (folder / "_sweep.json").write_text(json.dumps(
         {"bounds": {"mi_weight": [0.05, 10.0, "log"], "n_ctx": [2, 16, "int"]},
          "choices": {"aug_variant": ["mix", "virtual"]}, "num_samples": 8}))
     return folder
+
+
+def test_the_saved_plan_is_read_next_to_the_rows_or_where_earlier_sweeps_kept_it(tmp_path):
+    assert sweep_spec(str(tmp_path)) == {}
+    (tmp_path / "_ray").mkdir()
+    (tmp_path / "_ray" / "sweep.json").write_text('{"num_samples": 64}')
+    assert sweep_spec(str(tmp_path)) == {"num_samples": 64}
+    (tmp_path / "_sweep.json").write_text('{"num_samples": 8}')
+    assert sweep_spec(str(tmp_path)) == {"num_samples": 8}
 
 
 def report(*args: str):

@@ -99,8 +99,9 @@ def test_help_explains_every_option_in_one_line(tmp_path):
     assert "RAY_IMPORTED=False" in result.stdout
 
 
-def test_resumed_sweep_must_keep_its_settings(tmp_path):
-    saved = tmp_path / "results" / "fixed" / "_ray" / "sweep.json"
+@pytest.mark.parametrize("where", ["_sweep.json", "_ray/sweep.json"])  # and where sweeps before it kept them
+def test_resumed_sweep_must_keep_its_settings(tmp_path, where):
+    saved = tmp_path / "results" / "fixed" / where
     saved.parent.mkdir(parents=True)
     # What an earlier run under this name recorded; the final stage's variants and seeds may grow, so those do
     # not count.
@@ -116,6 +117,21 @@ def test_resumed_sweep_must_keep_its_settings(tmp_path):
     assert "RAY_IMPORTED=False" in result.stdout
 
 
+def test_settings_an_earlier_sweep_kept_in_ray_move_next_to_its_rows(tmp_path):
+    import json
+    import runpy
+
+    from dualprompt.sweep_cli import check_storage, plan
+
+    sweep = runpy.run_path(str(SCRIPT), run_name="declaration")["SWEEP"]
+    started = plan(sweep, ["--storage-path", str(tmp_path), "--name", "old"])
+    legacy = tmp_path / "old" / "_ray" / "sweep.json"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text(json.dumps(started.settings))
+    assert check_storage(started) == started
+    assert json.loads((tmp_path / "old" / "_sweep.json").read_text()) == json.loads(legacy.read_text())
+
+
 def test_a_finished_sweeps_final_seeds_only_grow(tmp_path, capsys):
     import json
     import runpy
@@ -126,12 +142,12 @@ def test_a_finished_sweeps_final_seeds_only_grow(tmp_path, capsys):
     where = ["--storage-path", str(tmp_path), "--name", "grow"]
     three, five = plan(sweep, where), plan(sweep, [*where, "--seeds", "1,2,3,4,5"])
     assert _changed_settings(three.settings, five.settings) == _changed_settings(five.settings, three.settings) == []
-    saved = tmp_path / "grow" / "_ray" / "sweep.json"
+    saved = tmp_path / "grow" / "_sweep.json"  # next to the rows, so a folder copied without _ray/ keeps it
     assert check_storage(three) == three
     started = json.loads(saved.read_text())
     assert check_storage(five) == five  # the saved settings follow, so a later run keeps seeds 4 and 5
     assert json.loads(saved.read_text()) == {**started, "seeds": [1, 2, 3, 4, 5]}
-    assert [p.name for p in saved.parent.iterdir()] == ["sweep.json"]  # written whole, no temporary left
+    assert [p.name for p in saved.parent.iterdir()] == ["_sweep.json"]  # written whole, no temporary left
     capsys.readouterr()
     again = check_storage(plan(sweep, [*where, "--seeds", "2,6"]))  # what it has, and seed 6
     assert again.scope.seeds == (1, 2, 3, 4, 5, 6) and again.settings["seeds"] == [1, 2, 3, 4, 5, 6]
