@@ -11,7 +11,6 @@ Parquet files, a newer schema, sweeps of different backbones or protocols) is on
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -25,7 +24,7 @@ from .data.catalogue import REAL_DATASETS
 from .errors import DualpromptError
 from .protocols import get_protocol
 from .results import load_results
-from .storage import LEGACY_SETTINGS_FILE, SETTINGS_FILE
+from .storage import open_storage, saved_settings
 from .tables import (
     AVERAGE,
     TARGET_AVERAGE,
@@ -70,14 +69,15 @@ HEADLINE = {"base2new": "Average HM", "cross_dataset": "target average accuracy"
 
 
 def sweep_spec(folder: str) -> dict:
-    """The sweep's saved plan (`SETTINGS_FILE`, or `_ray/sweep.json` for earlier sweeps: search bounds, choices,
-    samples requested), or {}."""
-    paths = [Path(folder) / name for name in (SETTINGS_FILE, LEGACY_SETTINGS_FILE)]
-    path = next((p for p in paths if p.is_file()), None) if "://" not in folder else None
+    """The sweep's saved plan (`storage.saved_settings`: search bounds, choices, samples requested) of a local
+    results folder, or {}."""
+    if "://" in folder:
+        return {}
     try:
-        return json.loads(path.read_text()) if path else {}
+        found = saved_settings(*open_storage(folder))
     except (OSError, ValueError):
         return {}
+    return found[0] if found else {}
 
 
 def _cell(mean: float, std: float) -> str:

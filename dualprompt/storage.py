@@ -9,6 +9,7 @@ next to the rows without disturbing `pandas.read_parquet(folder)`.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -47,6 +48,17 @@ def open_storage(path_or_uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
         return pafs.FileSystem.from_uri(text)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as error:
         raise StorageError(f"Cannot open storage {text!r}: {one_line(error)}.") from None
+
+
+def saved_settings(fs: pafs.FileSystem, root: str) -> tuple[dict, str] | None:
+    """A sweep's saved settings and the path they were read from (`SETTINGS_FILE` next to the rows, else
+    `LEGACY_SETTINGS_FILE`), or None where it has none; a file that is not JSON raises ValueError."""
+    for name in (SETTINGS_FILE, LEGACY_SETTINGS_FILE):
+        path = join(root, name)
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            with fs.open_input_stream(path) as stream:
+                return json.loads(stream.read()), path
+    return None
 
 
 def join(directory: str, *names: str) -> str:

@@ -32,7 +32,7 @@ from .data.check import check_dataset
 from .errors import DualpromptError, UsageError
 from .protocols import Protocol, Scope, get_protocol
 from .search_space import DUAL_VIEW, SearchSpace
-from .storage import LEGACY_SETTINGS_FILE, SETTINGS_FILE, check_writable, join, list_files, open_storage
+from .storage import SETTINGS_FILE, check_writable, join, list_files, open_storage, saved_settings
 
 REPO = Path(__file__).resolve().parent.parent
 OFFLINE_BACKBONE = "tiny-synthetic"
@@ -366,20 +366,15 @@ def plan(declaration: SweepDeclaration, argv: list[str], prog: str = "sweep") ->
 def check_storage(p: Plan) -> Plan:
     """Writable storage; a resumed sweep keeps its settings; the final stage alone needs search rows. Returns
     the plan with the final stage's seeds those it asked for and those the sweep already has."""
-    import pyarrow.fs as pafs
-
     check_writable(p.rows_dir)
     fs, root = open_storage(p.rows_dir)
     if p.args.stage == "final" and not any(os.path.basename(f).startswith("search-")
                                           for f in list_files(p.rows_dir, ".parquet")):
         raise UsageError(f"--stage final needs the search rows of sweep {p.name!r} in {p.rows_dir}; "
                          "run --stage search (or all) first.")
-    settings_path = f"{root}/{SETTINGS_FILE}"
-    found = next((path for path in (settings_path, f"{root}/{LEGACY_SETTINGS_FILE}")
-                  if fs.get_file_info(path).type == pafs.FileType.File), None)
+    settings_path, found = join(root, SETTINGS_FILE), saved_settings(fs, root)
     if found:
-        with fs.open_input_stream(found) as stream:
-            saved = json.loads(stream.read())
+        saved, found_at = found
         changed = _changed_settings(saved, p.settings)
         if changed:
             restore = " ".join(f"--set {shlex.quote(f'{k}={v}')}"
@@ -392,7 +387,7 @@ def check_storage(p: Plan) -> Plan:
             print(f"Sweep {p.name} already has final seeds {','.join(map(str, saved['seeds']))}; its final stage "
                   f"keeps them: seeds {','.join(map(str, seeds))}.")
             p = replace(p, scope=replace(p.scope, seeds=tuple(seeds)), settings={**p.settings, "seeds": seeds})
-        if seeds != saved.get("seeds", seeds) or found != settings_path:  # the next run keeps what this one adds
+        if seeds != saved.get("seeds", seeds) or found_at != settings_path:  # the next run keeps what this one adds
             _write_settings(fs, settings_path, {**saved, "seeds": seeds})
     else:
         _write_settings(fs, settings_path, p.settings)
