@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from . import shared_prefix
+from . import dense_pass, shared_prefix
 from .config import BackboneConfig, ConfigError
 from .shared_prefix import SharedPrefixPrompts
 
@@ -148,6 +148,8 @@ class Backbone:
         self.token_dim: int = self.text.token_embedding.weight.shape[1]
         # Decided once: whether shared_prefix.py can run this tower's blocks (else open_clip's modules do).
         self.shares_prefix: bool = shared_prefix.supports(self.text)
+        # And whether dense_pass.py can run small passes of them (its backward is written for these parts).
+        self.dense_text: bool = self.shares_prefix and dense_pass.supports(self.transformer.resblocks)
 
     def _check_text_tower(self) -> None:
         text = self.text
@@ -272,7 +274,8 @@ class Backbone:
         with torch.no_grad():
             positions = self.text.positional_embedding[n_prefix:length].to(cast_dtype)  # [S, D]
             suffix = embeddings[:, n_prefix:length].to(cast_dtype) + positions  # [N, S, D]
-        return shared_prefix.build_prompts(suffix, eot - n_prefix, n_prefix, self.cfg.text_chunk_size, prefix_of)
+        return shared_prefix.build_prompts(suffix, eot - n_prefix, n_prefix, self.cfg.text_chunk_size, prefix_of,
+                                           dense=self.dense_text)
 
     def encode_shared_prefix(self, prefix: torch.Tensor, prompts: SharedPrefixPrompts) -> torch.Tensor:
         """Text features of prompts `[prefix][own positions]`: prefix [P, D] token embeddings shared by all

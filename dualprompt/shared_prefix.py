@@ -23,7 +23,9 @@ same as in a pass of its own up to float round-off (the matrices are larger, so 
 This reads the weights of open_clip's `ResidualAttentionBlock` (ln_1, the packed in_proj of its
 `nn.MultiheadAttention`, out_proj, ls_1, ln_2, mlp, ls_2) and calls its submodules; `supports` says
 whether a text tower is made of exactly those blocks. `Backbone` owns the rest (positions, the final
-LayerNorm and projection) and falls back to open_clip's own modules for any other tower.
+LayerNorm and projection) and falls back to open_clip's own modules for any other tower. A small pass
+(one group of up to dense_pass.MAX_ROWS rows, float32) runs in dense_pass.py instead: the same arithmetic
+as one masked attention over all rows, with its backward written out (`runs_dense`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
+
+from . import dense_pass
 
 
 def supports(text: nn.Module) -> bool:
@@ -80,6 +84,7 @@ class PromptGroup:
     out_index: Tensor | None  # [R] slot in the [N*(P+S)] sequences of each own suffix row; None: no padding
     prefix_of: Tensor | None = None  # [N] the prefix (0..K-1) of each prompt; None: one prefix for all
     first_of_prefix: Tensor | None = None  # [K] each prefix's first prompt; only when the pass has the prefix rows
+    dense_mask: Tensor | None = None  # [T, T] block-causal mask: run by dense_pass.py (small one-group passes)
 
     @property
     def n_prompts(self) -> int:
@@ -100,10 +105,11 @@ class SharedPrefixPrompts:
 
 
 def build_prompts(suffix: Tensor, eot: Tensor, n_prefix: int, chunk: int,
-                  prefix_of: Tensor | None = None) -> SharedPrefixPrompts:
+                  prefix_of: Tensor | None = None, dense: bool = False) -> SharedPrefixPrompts:
     """suffix [C, S, D] (token + positional embeddings after the prefix, padded), eot [C] (EOT position
     within the suffix); `chunk` prompts per pass (0 or >= C: one pass); prefix_of [C]: each prompt's prefix
-    (0..K-1, every one used; None: one prefix). Everything here is frozen: built once per class list."""
+    (0..K-1, every one used; None: one prefix); `dense`: the blocks are ones dense_pass.py runs, so a small
+    one-group pass gets its mask. Everything here is frozen: built once per class list."""
     n_prompts = suffix.shape[0]
     n_prefixes = 1 if prefix_of is None else int(prefix_of.max()) + 1
     if prefix_of is not None and len(prefix_of.unique()) != n_prefixes:
@@ -113,14 +119,14 @@ def build_prompts(suffix: Tensor, eot: Tensor, n_prefix: int, chunk: int,
     groups = tuple(
         _group(suffix[start : start + chunk], eot[start : start + chunk], n_prefix,
                n_prefixes * n_prefix if own_prefix else 0, None if prefix_of is None else prefix_of[start:][:chunk],
-               n_prefixes)
+               n_prefixes, dense and own_prefix)
         for start in range(0, n_prompts, chunk)
     )
     return SharedPrefixPrompts(n_prefix, groups, n_prefixes)
 
 
 def _group(suffix: Tensor, eot: Tensor, n_prefix: int, first_row: int, prefix_of: Tensor | None,
-           n_prefixes: int) -> PromptGroup:
+           n_prefixes: int, dense: bool) -> PromptGroup:
     """One pass over suffix [N, S', D] with EOT positions eot [N]; its own suffix rows start at `first_row`."""
     lengths = eot + 1  # [N] real suffix positions of each prompt
     length = int(lengths.max())  # S: this pass's padded sequence length
@@ -142,6 +148,8 @@ def _group(suffix: Tensor, eot: Tensor, n_prefix: int, first_row: int, prefix_of
         out_index=(prompt.unsqueeze(1) * (n_prefix + length) + n_prefix + slots)[real] if padded else None,
         prefix_of=prefix_of,
         first_of_prefix=first_of_prefix,
+        dense_mask=dense_pass.block_causal_mask(lengths, n_prefixes, n_prefix, prefix_of)
+        if dense else None,
     )
 
 
@@ -159,6 +167,8 @@ def encode(blocks: nn.ModuleList, prefix: Tensor, prompts: SharedPrefixPrompts, 
                          f"{prefix.shape[0]} rows")
     if len(prompts.groups) == 1:
         group = prompts.groups[0]
+        if runs_dense(prompts, prefix, checkpoint_layers):
+            return dense_pass.encode(blocks, prefix, group.suffix, group.dense_mask, group.eot_row)
         rows = torch.cat([prefix, group.suffix.to(prefix.dtype)])  # [K*P + R, D]
         return _run(blocks, rows, group, None, checkpoint_layers)
     prefix_qkv = _prefix_qkv(blocks, prefix, prompts.n_prefixes)
@@ -172,6 +182,13 @@ def encode(blocks: nn.ModuleList, prefix: Tensor, prompts: SharedPrefixPrompts, 
         else:
             parts.append(_run(blocks, rows, group, prefix_qkv, checkpoint_layers))
     return torch.cat(parts)  # [C, D]
+
+
+def runs_dense(prompts: SharedPrefixPrompts, prefix: Tensor, checkpoint_layers: bool) -> bool:
+    """Whether `encode` runs dense_pass.py: one small pass (it has a mask), float32 without autocast, and
+    every layer kept (no recomputation)."""
+    return (len(prompts.groups) == 1 and prompts.groups[0].dense_mask is not None and prefix.dtype == torch.float32
+            and not checkpoint_layers and not torch.is_autocast_enabled(prefix.device.type))
 
 
 def _prefix_qkv(blocks: nn.ModuleList, x: Tensor, n_prefixes: int) -> list[Tensor]:

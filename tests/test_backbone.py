@@ -83,7 +83,8 @@ def test_context_longer_than_the_text_tower_is_refused(test_clip):
 # Exact: features and ctx gradients equal open_clip's own encode_text and the whole-prompt path to 1e-5.
 
 MODES = {  # BackboneConfig overrides: chunks over the class axis and per-layer checkpointing, alone and together
-    "plain": {},
+    "plain": {},  # these passes are small: dense_pass.py runs them
+    "per-prompt": {"dense_text": False},  # shared_prefix.py's own attention, as larger passes run
     "chunked": {"text_chunk_size": 2},
     "checkpoint": {"checkpoint_text": True},
     "chunked+checkpoint": {"text_chunk_size": 2, "checkpoint_text": True},
@@ -97,8 +98,10 @@ def configured(backbone: Backbone, **options) -> Backbone:
     if not options:
         return backbone
     if key not in _configured:
+        dense = options.pop("dense_text", backbone.dense_text)  # not a config field: decided at load
         other = load_backbone(replace(backbone.cfg, **options))
         other.model.load_state_dict(backbone.model.state_dict())
+        other.dense_text = dense
         _configured[key] = other
     return _configured[key]
 
@@ -184,6 +187,8 @@ def test_shared_prefix_equals_open_clip_and_whole_prompts(request, model, n_ctx,
         return features, torch.autograd.grad((weights * features).sum(), learner.ctx)[0]
 
     features, grad = shared(ctx)
+    dense = shared_prefix.runs_dense(learner._frozen_suffixes(names), learner.ctx, backbone.cfg.checkpoint_text)
+    assert dense == (mode == "plain")
     assert grad.abs().max() > 1e3 * 1e-5  # the gradient is far above the tolerance below (see loss_weights)
     reference, reference_grad = open_clip_encode_text(base, names, ids, weights)
     torch.testing.assert_close(features, reference, atol=1e-5, rtol=0)
@@ -235,6 +240,7 @@ def test_several_learners_in_one_pass_equal_their_own_passes(request, model, mod
     weights = [loss_weights(backbone, len(classes)) for classes in lists]
     joint = JointPrompts(learners, lists)
     assert joint.suffixes is not None and joint.suffixes.n_prefixes == 3
+    assert shared_prefix.runs_dense(joint.suffixes, learners[0].ctx, backbone.cfg.checkpoint_text) == (mode == "plain")
     features = joint()
     loss = sum((w * f).sum() for w, f in zip(weights, features, strict=True))
     grads = torch.autograd.grad(loss, [learner.ctx for learner in learners])
@@ -286,6 +292,7 @@ def test_shared_prefix_under_bf16_autocast_matches_whole_prompts(tiny_clip):
     learner = PromptLearner(tiny_clip, PromptConfig(n_ctx=4, ctx_init=""), torch.Generator().manual_seed(0))
     weights = loss_weights(tiny_clip, len(names))
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not shared_prefix.runs_dense(learner._frozen_suffixes(names), learner.ctx, False)  # float32 only
         shared, whole = learner(names), whole_prompts(learner, names, learner.ctx)
     assert shared.dtype == whole.dtype == torch.bfloat16
     (grad,) = torch.autograd.grad((weights * shared.float()).sum(), learner.ctx)

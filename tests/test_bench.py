@@ -5,6 +5,7 @@ Not timing tests: timings belong to `python -m dualprompt.bench` on a quiet mach
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dualprompt import world
 from dualprompt.bench.field_loop import FieldPromptLearner
 from dualprompt.bench.loops import run_field_loop, run_our_loop
-from dualprompt.bench.measure import prompt_length, shared_prefix_flops, text_encoder_flops
+from dualprompt.bench.measure import dense_pass_flops, prompt_length, shared_prefix_flops, text_encoder_flops
 from dualprompt.bench.problem import build_problem
 from dualprompt.config import PromptConfig
 from dualprompt.prompt_learner import PromptLearner
@@ -62,11 +63,16 @@ def test_more_class_prompts_pad_with_distractor_names(test_clip, isolated_dirs):
     assert problem.handcrafted.shape[0] == 40
 
 
-@pytest.mark.parametrize("kind", [PromptLearner, FieldPromptLearner])
+@pytest.mark.parametrize("kind", [PromptLearner, FieldPromptLearner, "per-prompt attention"])
 @pytest.mark.parametrize("n_ctx", [1, 4, 16])
 def test_flop_estimate_equals_torch_flop_counter(test_clip, kind, n_ctx):
-    """(a) every prompt over the full context; (b) the shared [SOS][ctx] prefix once (shared_prefix.py)."""
-    learner = kind(test_clip, PromptConfig(n_ctx=n_ctx, ctx_init=""))
+    """(a) every prompt over the full context; (b) the shared [SOS][ctx] prefix once: this small pass in
+    dense_pass.py, or with one attention sequence per prompt (shared_prefix.py, as larger passes run)."""
+    backbone = test_clip
+    if kind == "per-prompt attention":
+        backbone, kind = copy.copy(test_clip), PromptLearner
+        backbone.dense_text = False
+    learner = kind(backbone, PromptConfig(n_ctx=n_ctx, ctx_init=""))
     names = ("red circle", "a much longer class name with many words", "dog")
     if kind is FieldPromptLearner:
         expected = text_encoder_flops(test_clip, len(names), test_clip.context_length)
@@ -74,7 +80,9 @@ def test_flop_estimate_equals_torch_flop_counter(test_clip, kind, n_ctx):
         assert test_clip.shares_prefix
         lengths = (learner._frozen_tokens(names)[1] + 1).tolist()  # up to each prompt's own EOT token
         assert len(set(lengths)) > 1  # the names differ in length: no padding rows are counted
-        expected = shared_prefix_flops(test_clip, 1 + n_ctx, lengths)
+        dense = learner._frozen_suffixes(names).groups[0].dense_mask is not None
+        assert dense == backbone.dense_text
+        expected = (dense_pass_flops if dense else shared_prefix_flops)(test_clip, 1 + n_ctx, lengths)
     with FlopCounterMode(display=False) as counter:
         learner(names).sum().backward()
     assert counter.get_total_flops() == pytest.approx(expected, rel=1e-9)

@@ -17,11 +17,20 @@ from pathlib import Path
 
 import torch
 
+from .. import shared_prefix
 from ..backbone import load_backbone, text_dtype
 from ..config import PRECISIONS, BackboneConfig
 from ..prompt_learner import PromptLearner
 from .loops import LOOPS, memory_step
-from .measure import GIB, matmul_flops_per_s, proc_status_kib, prompt_length, shared_prefix_flops, text_encoder_flops
+from .measure import (
+    GIB,
+    dense_pass_flops,
+    matmul_flops_per_s,
+    proc_status_kib,
+    prompt_length,
+    shared_prefix_flops,
+    text_encoder_flops,
+)
 from .output import print_comparison, print_memory
 from .problem import Problem, build_problem
 
@@ -151,12 +160,16 @@ def problem_meta(problem: Problem) -> dict:
     n, prefix = len(problem.classnames), 1 + learner.n_ctx
     unshared = text_encoder_flops(backbone, n, ours)
     lengths = (learner._frozen_tokens(problem.classnames)[1] + 1).tolist()
-    flops_b = shared_prefix_flops(backbone, prefix, lengths) if backbone.shares_prefix else unshared
+    suffixes = learner._frozen_suffixes(problem.classnames)
+    with backbone.text_autocast():  # as in training: dense_pass.py runs float32 passes without autocast
+        dense = suffixes is not None and shared_prefix.runs_dense(suffixes, learner.ctx, backbone.cfg.checkpoint_text)
+    as_run = dense_pass_flops if dense else shared_prefix_flops
+    flops_b = as_run(backbone, prefix, lengths) if backbone.shares_prefix else unshared
     return {"classes": n, "train_images": len(problem.train_items),
             "test_images": [len(s.items) for s in problem.eval_sets], "epochs": problem.optim.epochs,
             "batch_size": problem.optim.batch_size, "views": problem.n_views, "full_length": full,
             "our_length": ours, "prefix_length": prefix if backbone.shares_prefix else 0,
-            "suffix_rows": sum(lengths) - n * prefix,
+            "suffix_rows": sum(lengths) - n * prefix, "dense": dense,
             "flops_a": text_encoder_flops(backbone, n, full), "flops_b": flops_b, "flops_b_unshared": unshared}
 
 

@@ -66,9 +66,11 @@ def print_text_share(meta: dict, rates: dict[str, tuple[float, float | None]],
           "(2 FLOPs per frozen weight per token each way, attention 4*L*d per token forward and 2.5x that backward):")
     print(f"  (a) {n} x {meta['full_length']} tokens: {flops_a / 1e9:.3f} GFLOP")
     if prefix:
+        how = ("one block-causal attention over all rows, backward to the prefix only (dense_pass.py)"
+               if meta.get("dense") else "one attention sequence per prompt")
         print(f"  (b) [SOS][ctx] once ({prefix} tokens) + {meta['suffix_rows']} class-name tokens ({n} x up to "
-              f"{length - prefix}, no padding), last layer's MLP on the EOT rows only: {flops_b / 1e9:.3f} GFLOP  "
-              f"(a)/(b) = {flops_a / flops_b:.1f}")
+              f"{length - prefix}, no padding), last layer's MLP on the EOT rows only, {how}: "
+              f"{flops_b / 1e9:.3f} GFLOP  (a)/(b) = {flops_a / flops_b:.1f}")
     print(f"  (b) without the shared prefix, {n} x {length} tokens: {unshared / 1e9:.3f} GFLOP"
           f"{'' if prefix else f'  (a)/(b) = {flops_a / flops_b:.1f}'}")
     print(f"text step share of the matmul probe = (b)'s train steps/s x the text pass's FLOPs / the {probe_name}'s "
