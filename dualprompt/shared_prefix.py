@@ -24,8 +24,9 @@ This reads the weights of open_clip's `ResidualAttentionBlock` (ln_1, the packed
 `nn.MultiheadAttention`, out_proj, ls_1, ln_2, mlp, ls_2) and calls its submodules; `supports` says
 whether a text tower is made of exactly those blocks. `Backbone` owns the rest (positions, the final
 LayerNorm and projection) and falls back to open_clip's own modules for any other tower. A small pass
-(one group of up to dense_pass.MAX_ROWS rows, float32) runs in dense_pass.py instead: the same arithmetic
-as one masked attention over all rows, with its backward written out (`runs_dense`).
+(one group whose prefixes each have up to dense_pass.MAX_ROWS rows with their prompts', float32) runs in
+dense_pass.py instead: the same arithmetic as one masked attention per prefix's rows, with its backward
+written out (`runs_dense`).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class PromptGroup:
     out_index: Tensor | None  # [R] slot in the [N*(P+S)] sequences of each own suffix row; None: no padding
     prefix_of: Tensor | None = None  # [N] the prefix (0..K-1) of each prompt; None: one prefix for all
     first_of_prefix: Tensor | None = None  # [K] each prefix's first prompt; only when the pass has the prefix rows
-    dense_mask: Tensor | None = None  # [T, T] block-causal mask: run by dense_pass.py (small one-group passes)
+    dense: dense_pass.Layout | None = None  # small one-group passes: how dense_pass.py lays out their rows
 
     @property
     def n_prompts(self) -> int:
@@ -148,8 +149,7 @@ def _group(suffix: Tensor, eot: Tensor, n_prefix: int, first_row: int, prefix_of
         out_index=(prompt.unsqueeze(1) * (n_prefix + length) + n_prefix + slots)[real] if padded else None,
         prefix_of=prefix_of,
         first_of_prefix=first_of_prefix,
-        dense_mask=dense_pass.block_causal_mask(lengths, n_prefixes, n_prefix, prefix_of)
-        if dense else None,
+        dense=dense_pass.layout(lengths, n_prefixes, n_prefix, prefix_of) if dense else None,
     )
 
 
@@ -168,7 +168,7 @@ def encode(blocks: nn.ModuleList, prefix: Tensor, prompts: SharedPrefixPrompts, 
     if len(prompts.groups) == 1:
         group = prompts.groups[0]
         if runs_dense(prompts, prefix, checkpoint_layers):
-            return dense_pass.encode(blocks, prefix, group.suffix, group.dense_mask, group.eot_row)
+            return dense_pass.encode(blocks, prefix, group.suffix, group.dense)
         rows = torch.cat([prefix, group.suffix.to(prefix.dtype)])  # [K*P + R, D]
         return _run(blocks, rows, group, None, checkpoint_layers)
     prefix_qkv = _prefix_qkv(blocks, prefix, prompts.n_prefixes)
@@ -185,9 +185,9 @@ def encode(blocks: nn.ModuleList, prefix: Tensor, prompts: SharedPrefixPrompts, 
 
 
 def runs_dense(prompts: SharedPrefixPrompts, prefix: Tensor, checkpoint_layers: bool) -> bool:
-    """Whether `encode` runs dense_pass.py: one small pass (it has a mask), float32 without autocast, and
+    """Whether `encode` runs dense_pass.py: one small pass (it has a layout), float32 without autocast, and
     every layer kept (no recomputation)."""
-    return (len(prompts.groups) == 1 and prompts.groups[0].dense_mask is not None and prefix.dtype == torch.float32
+    return (len(prompts.groups) == 1 and prompts.groups[0].dense is not None and prefix.dtype == torch.float32
             and not checkpoint_layers and not torch.is_autocast_enabled(prefix.device.type))
 
 

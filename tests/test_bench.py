@@ -80,7 +80,7 @@ def test_flop_estimate_equals_torch_flop_counter(test_clip, kind, n_ctx):
         assert test_clip.shares_prefix
         lengths = (learner._frozen_tokens(names)[1] + 1).tolist()  # up to each prompt's own EOT token
         assert len(set(lengths)) > 1  # the names differ in length: no padding rows are counted
-        dense = learner._frozen_suffixes(names).groups[0].dense_mask is not None
+        dense = learner._frozen_suffixes(names).groups[0].dense is not None
         assert dense == backbone.dense_text
         expected = (dense_pass_flops if dense else shared_prefix_flops)(test_clip, 1 + n_ctx, lengths)
     with FlopCounterMode(display=False) as counter:

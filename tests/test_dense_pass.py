@@ -18,30 +18,43 @@ from dualprompt import dense_pass, shared_prefix
 from dualprompt.backbone import load_backbone
 from dualprompt.bench.problem import distractor_pool
 from dualprompt.config import PromptConfig
-from dualprompt.prompt_learner import PromptLearner
+from dualprompt.prompt_learner import JointPrompts, PromptLearner
 from tests.test_backbone import class_names, features_and_ctx_gradient, loss_weights, whole_prompts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_each_row_sees_its_prefix_and_its_own_earlier_rows():
-    """Two prefixes of 2 positions (rows 0-1 and 2-3), then prompt 0 (2 rows, prefix 1) and prompt 1
-    (1 row, prefix 0)."""
-    mask = dense_pass.block_causal_mask(torch.tensor([2, 1]), 2, 2, torch.tensor([1, 0]))
-    seen = {row: (mask[row] == 0).nonzero().flatten().tolist() for row in range(7)}
-    assert seen == {0: [0], 1: [0, 1], 2: [2], 3: [2, 3], 4: [2, 3, 4], 5: [2, 3, 4, 5], 6: [0, 1, 6]}
-    assert set(mask.unique().tolist()) == {0.0, float("-inf")}
+def test_each_prefix_gets_a_block_of_its_rows_where_each_row_sees_its_prefix_and_its_own_earlier_rows(
+        monkeypatch):
+    """Two prefixes of 2 positions, then prompt 0 (2 rows, prefix 1) and prompt 1 (1 row, prefix 0): in the
+    pass's rows [prefixes 0-3; suffix rows 4-6; a zero row 7], block 0 = prefix 0 + prompt 1 + padding,
+    block 1 = prefix 1 + prompt 0."""
+    assert dense_pass.layout(torch.tensor([2, 1]), 2, 2, torch.tensor([1, 0])) is None  # 1 of 8 slots padding
+    monkeypatch.setattr(dense_pass, "MAX_PADDING", 0.125)
+    plan = dense_pass.layout(torch.tensor([2, 1]), 2, 2, torch.tensor([1, 0]))
+    assert plan.source.tolist() == [0, 1, 6, 7, 2, 3, 4, 5]
+    assert plan.eot.tolist() == [7, 2]  # each prompt's last row
+    seen = [{row: (plan.mask[b, 0, row] == 0).nonzero().flatten().tolist() for row in range(4)} for b in range(2)]
+    assert seen[0] == {0: [0], 1: [0, 1], 2: [0, 1, 2], 3: [3]}  # slot 3 is padding: itself only
+    assert seen[1] == {0: [0], 1: [0, 1], 2: [0, 1, 2], 3: [0, 1, 2, 3]}
+    assert set(plan.mask.unique().tolist()) == {0.0, float("-inf")}
 
 
-def test_a_larger_pass_keeps_per_prompt_attention(tiny_clip):
-    """Dense scores cost 4*T*T*D: above `MAX_ROWS` rows the per-prompt sequences are cheaper."""
+def test_large_or_padded_blocks_keep_per_prompt_attention(tiny_clip):
+    """Dense scores cost 4*L*L*D a block: above `MAX_ROWS` rows the per-prompt sequences are cheaper; and
+    padding slots cost what rows cost (`MAX_PADDING`)."""
     limit = dense_pass.MAX_ROWS
-    assert dense_pass.block_causal_mask(torch.tensor([limit - 5]), 1, 5, None) is not None
-    assert dense_pass.block_causal_mask(torch.tensor([limit - 4]), 1, 5, None) is None
+    assert dense_pass.layout(torch.tensor([limit - 5]), 1, 5, None) is not None
+    assert dense_pass.layout(torch.tensor([limit - 4]), 1, 5, None) is None
     names = tuple(distractor_pool(tiny_clip)[:70])  # 5 + 70 x 4 rows
     learner = PromptLearner(tiny_clip, PromptConfig(n_ctx=4, ctx_init=""))
     suffixes = learner._frozen_suffixes(names)
-    assert suffixes.groups[0].dense_mask is None and not shared_prefix.runs_dense(suffixes, learner.ctx, False)
+    assert suffixes.groups[0].dense is None and not shared_prefix.runs_dense(suffixes, learner.ctx, False)
+    joint = JointPrompts([learner, PromptLearner(tiny_clip, PromptConfig(n_ctx=4, ctx_init=""))],
+                         [names[:35], names[35:]])  # two blocks of 145 rows: dense
+    assert shared_prefix.runs_dense(joint.suffixes, learner.ctx, False)
+    uneven = JointPrompts(joint.learners, [names[:40], names[40:]])  # blocks of 165 rows, one 12% padding
+    assert not shared_prefix.runs_dense(uneven.suffixes, learner.ctx, False)
 
 
 @pytest.fixture(scope="module")

@@ -114,29 +114,26 @@ def shared_prefix_flops(backbone: Backbone, n_prefix: int, lengths: Sequence[int
 
 def dense_pass_flops(backbone: Backbone, n_prefix: int, lengths: Sequence[int]) -> float:
     """Floating-point operations of one forward and backward of (b)'s text pass when `dense_pass.py` runs it
-    (a small one-group pass), prompts as in `shared_prefix_flops`.
+    (a small one-group pass, one prefix), prompts as in `shared_prefix_flops`.
 
     Per layer the weight matrices run on the T rows, except at the last layer, where the output projection
-    and MLP run on the N EOT rows, and only those query; attention is one [T, T] product each way (N x T
-    at the last layer). Backward computes input gradients only, and at the first layer only for the prefix
-    rows (the q/k/v projection's, and the keys' and values' of the prefix). Equal to `FlopCounterMode`.
+    and MLP run on the N EOT rows; attention is one [T, T] product each way. Backward computes input
+    gradients only, and at the first layer only for the prefix rows (the q/k/v projection's, and the
+    queries', keys' and values' of the prefix). Equal to `FlopCounterMode` (tests/test_bench.py).
     """
     blocks = backbone.transformer.resblocks
     d, layers = backbone.transformer.width, len(blocks)
     hidden = blocks[0].mlp.c_fc.out_features
     n = len(lengths)
     rows = n_prefix + sum(lengths) - n * n_prefix
+    per_row = 2 * (d * d + 2 * d * hidden)  # output projection and MLP, each way
     total = 0.0
     for layer in range(layers):
-        queries = n if layer == layers - 1 else rows  # rows that query, project and run the MLP
+        projected = n if layer == layers - 1 else rows  # rows through the output projection and MLP
         needed = n_prefix if layer == 0 else rows  # rows whose input gradient backward computes
-        per_query = 2 * (d * d + 2 * d * hidden)  # output projection and MLP, each way
-        forward = 2 * rows * 3 * d * d + queries * per_query + 4 * queries * rows * d
-        # d_probs (Q x T), then d_k and d_v for the needed rows, d_q for the needed rows (all queries at the
-        # last layer, which scatters them), and the q/k/v projection's input gradient for the needed rows.
-        d_q = queries * rows if layer == layers - 1 else needed * rows
-        backward = (queries * per_query + 2 * d * (queries * rows + 2 * needed * queries + d_q)
-                    + 2 * needed * 3 * d * d)
+        forward = 2 * rows * 3 * d * d + 4 * rows * rows * d + projected * per_row
+        # d_probs (T x T), then d_q, d_k and d_v for the needed rows, and the q/k/v projection's input gradient
+        backward = projected * per_row + 2 * rows * rows * d + 3 * 2 * needed * rows * d + 2 * needed * 3 * d * d
         total += forward + backward
     return total + 2 * 2 * n * d * backbone.text.text_projection.shape[-1]
 
