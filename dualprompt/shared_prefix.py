@@ -110,7 +110,7 @@ def build_prompts(suffix: Tensor, eot: Tensor, n_prefix: int, chunk: int,
     """suffix [C, S, D] (token + positional embeddings after the prefix, padded), eot [C] (EOT position
     within the suffix); `chunk` prompts per pass (0 or >= C: one pass); prefix_of [C]: each prompt's prefix
     (0..K-1, every one used; None: one prefix); `dense`: the blocks are ones dense_pass.py runs, so a small
-    one-group pass gets its mask. Everything here is frozen: built once per class list."""
+    one-group pass gets its layout. Everything here is frozen: built once per class list."""
     n_prompts = suffix.shape[0]
     n_prefixes = 1 if prefix_of is None else int(prefix_of.max()) + 1
     if prefix_of is not None and len(prefix_of.unique()) != n_prefixes:
