@@ -185,10 +185,10 @@ def encode(blocks: nn.ModuleList, prefix: Tensor, prompts: SharedPrefixPrompts, 
 
 
 def runs_dense(prompts: SharedPrefixPrompts, prefix: Tensor, checkpoint_layers: bool) -> bool:
-    """Whether `encode` runs dense_pass.py: one small pass (it has a layout), float32 without autocast, and
-    every layer kept (no recomputation)."""
-    return (len(prompts.groups) == 1 and prompts.groups[0].dense is not None and prefix.dtype == torch.float32
-            and not checkpoint_layers and not torch.is_autocast_enabled(prefix.device.type))
+    """Whether `encode` runs dense_pass.py: a small pass (only a one-group pass gets a layout), float32
+    without autocast, and every layer kept (no recomputation)."""
+    return (prompts.groups[0].dense is not None and prefix.dtype == torch.float32 and not checkpoint_layers
+            and not torch.is_autocast_enabled(prefix.device.type))
 
 
 def _prefix_qkv(blocks: nn.ModuleList, x: Tensor, n_prefixes: int) -> list[Tensor]:

@@ -66,6 +66,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _text_tower(backbone: Backbone) -> tuple[int, int, int, int]:
+    """Width d, layers, MLP hidden width h and output width E of the backbone's text tower."""
+    blocks = backbone.transformer.resblocks
+    return (backbone.transformer.width, len(blocks), blocks[0].mlp.c_fc.out_features,
+            backbone.text.text_projection.shape[-1])
+
+
+def _shared_rows(n_prefix: int, lengths: Sequence[int]) -> int:
+    """Token rows of a pass that runs the shared prefix once: T = n_prefix + sum(length - n_prefix)."""
+    return n_prefix + sum(lengths) - len(lengths) * n_prefix
+
+
 def text_encoder_flops(backbone: Backbone, n_prompts: int, length: int, recompute: bool = False) -> float:
     """Floating-point operations of one text-encoder forward and backward over `n_prompts` prompts.
 
@@ -77,13 +89,11 @@ def text_encoder_flops(backbone: Backbone, n_prompts: int, length: int, recomput
     each way. `recompute` adds one more forward (activation checkpointing). This is exactly what
     `torch.utils.flop_counter.FlopCounterMode` counts for the same pass (tests/test_bench.py checks it).
     """
-    blocks = backbone.transformer.resblocks
-    d = backbone.transformer.width
-    hidden = blocks[0].mlp.c_fc.out_features
+    d, layers, hidden, embed = _text_tower(backbone)
     tokens = n_prompts * length
-    linear = 2 * tokens * len(blocks) * (4 * d * d + 2 * d * hidden)
-    attention = 4 * n_prompts * length * length * d * len(blocks)
-    projection = 2 * n_prompts * d * backbone.text.text_projection.shape[-1]
+    linear = 2 * tokens * layers * (4 * d * d + 2 * d * hidden)
+    attention = 4 * n_prompts * length * length * d * layers
+    projection = 2 * n_prompts * d * embed
     forward = linear + attention + projection
     backward = linear + 2.5 * attention + projection
     return forward + backward + (forward if recompute else 0.0)
@@ -100,15 +110,12 @@ def shared_prefix_flops(backbone: Backbone, n_prefix: int, lengths: Sequence[int
     (the prefix's rows broadcast into each), counted over the full square as in `text_encoder_flops`;
     backward as there. Equal to `FlopCounterMode` (tests/test_bench.py).
     """
-    blocks = backbone.transformer.resblocks
-    d, layers = backbone.transformer.width, len(blocks)
-    hidden = blocks[0].mlp.c_fc.out_features
-    n_prompts, length = len(lengths), max(lengths)
-    rows = n_prefix + sum(lengths) - n_prompts * n_prefix
+    d, layers, hidden, embed = _text_tower(backbone)
+    n_prompts, length, rows = len(lengths), max(lengths), _shared_rows(n_prefix, lengths)
     linear = 2 * ((layers - 1) * rows * (4 * d * d + 2 * d * hidden) + rows * 3 * d * d
                   + n_prompts * (d * d + 2 * d * hidden))
     attention = 4 * n_prompts * length * length * d * layers
-    projection = 2 * n_prompts * d * backbone.text.text_projection.shape[-1]
+    projection = 2 * n_prompts * d * embed
     return (linear + attention + projection) + (linear + 2.5 * attention + projection)
 
 
@@ -121,11 +128,8 @@ def dense_pass_flops(backbone: Backbone, n_prefix: int, lengths: Sequence[int]) 
     gradients only, and at the first layer only for the prefix rows (the q/k/v projection's, and the
     queries', keys' and values' of the prefix). Equal to `FlopCounterMode` (tests/test_bench.py).
     """
-    blocks = backbone.transformer.resblocks
-    d, layers = backbone.transformer.width, len(blocks)
-    hidden = blocks[0].mlp.c_fc.out_features
-    n = len(lengths)
-    rows = n_prefix + sum(lengths) - n * n_prefix
+    d, layers, hidden, embed = _text_tower(backbone)
+    n, rows = len(lengths), _shared_rows(n_prefix, lengths)
     per_row = 2 * (d * d + 2 * d * hidden)  # output projection and MLP, each way
     total = 0.0
     for layer in range(layers):
@@ -135,7 +139,7 @@ def dense_pass_flops(backbone: Backbone, n_prefix: int, lengths: Sequence[int]) 
         # d_probs (T x T), then d_q, d_k and d_v for the needed rows, and the q/k/v projection's input gradient
         backward = projected * per_row + 2 * rows * rows * d + 3 * 2 * needed * rows * d + 2 * needed * 3 * d * d
         total += forward + backward
-    return total + 2 * 2 * n * d * backbone.text.text_projection.shape[-1]
+    return total + 2 * 2 * n * d * embed
 
 
 def matmul_flops_per_s(device: torch.device, n: int = 2048, repeats: int = 5,

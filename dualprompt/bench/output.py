@@ -67,7 +67,7 @@ def print_text_share(meta: dict, rates: dict[str, tuple[float, float | None]],
     print(f"  (a) {n} x {meta['full_length']} tokens: {flops_a / 1e9:.3f} GFLOP")
     if prefix:
         how = ("one block-causal attention over all rows, backward to the prefix only (dense_pass.py)"
-               if meta.get("dense") else "one attention sequence per prompt")
+               if meta["dense"] else "one attention sequence per prompt")
         print(f"  (b) [SOS][ctx] once ({prefix} tokens) + {meta['suffix_rows']} class-name tokens ({n} x up to "
               f"{length - prefix}, no padding), last layer's MLP on the EOT rows only, {how}: "
               f"{flops_b / 1e9:.3f} GFLOP  (a)/(b) = {flops_a / flops_b:.1f}")
