@@ -9,6 +9,7 @@ the target is never trained on.
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -84,10 +85,15 @@ def class_sets(cfg: Config, stage: Stage, fold: int, relabel: Relabel | None = N
     return sets
 
 
-def evaluation_items(classes: DatasetSplits, split: str) -> tuple[Item, ...]:
-    """The images an evaluation uses. "heldout": held-out classes were never trained on, so their few-shot
-    train images validate too."""
-    return {"test": classes.test, "val": classes.val, "heldout": classes.train + classes.val}[split]
+def evaluation_items(classes: DatasetSplits, evaluation: Evaluation) -> tuple[Item, ...]:
+    """The images an evaluation scores. "heldout": held-out classes were never trained on, so their few-shot
+    train images validate too. A half keeps the images of the first ceil(n/2) labels of the class set, or of
+    the rest: the cut `subsample_classes` makes between base and new."""
+    items = {"test": classes.test, "val": classes.val, "heldout": classes.train + classes.val}[evaluation.split]
+    if evaluation.images_of == "all":
+        return items
+    first = math.ceil(len(classes.classnames) / 2)
+    return tuple(i for i in items if (i.label < first) == (evaluation.images_of == "first_half"))
 
 
 def eval_image_features(store: FeatureStore, items: tuple[Item, ...] | list[Item]) -> torch.Tensor:
@@ -272,12 +278,18 @@ class Experiment:
         """Accuracy of each evaluation (class features computed once per class set), counts and objective SE."""
         start = time.perf_counter()
         out = Evaluated()
+        class_features: dict[tuple[str, ...], torch.Tensor] = {}  # class names -> [C, E]
         for evaluation, classes in evaluations.items():
-            items = evaluation_items(classes, evaluation.split)
+            items = evaluation_items(classes, evaluation)
+            out.counts[evaluation.count_column] = len(items)
+            if not items:  # a half of a one-class set
+                out.metrics[evaluation.metric] = math.nan
+                continue
             image_features = eval_image_features(store, items)  # [N, E]
             labels = torch.tensor([item.label for item in items])
-            out.metrics[evaluation.metric] = accuracy(classify(classes.classnames), image_features, labels)
-            out.counts[evaluation.count_column] = len(items)
+            if classes.classnames not in class_features:
+                class_features[classes.classnames] = classify(classes.classnames)
+            out.metrics[evaluation.metric] = accuracy(class_features[classes.classnames], image_features, labels)
         if stage.hm_of and all(m in out.metrics for m in stage.hm_of):
             (a, b), (ea, eb) = stage.hm_of, stage.evaluations[:2]
             out.metrics[stage.objective] = harmonic_mean(out.metrics[a], out.metrics[b])

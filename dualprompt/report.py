@@ -35,6 +35,7 @@ from .tables import (
     few_shot_summary,
     final_objective,
     held_out_agreement,
+    leak_free_ceiling,
     noise_ceiling,
     objective_seed_noise,
     objective_validity,
@@ -334,28 +335,33 @@ def _validity(rows: pd.DataFrame, out: Path, protocol) -> list[str]:
     return [f"**Did the objective predict the final result?** The final stage re-trained {len(table)} searched "
             f"configurations on the final protocol; Spearman rank correlation between their search objective and "
             f"their final {what}: **{rho:.2f}** (n = {len(table)}{interval}).", "",
-            *_ceiling_words(table, rows), frame_markdown(shown.drop(columns=["search_trial_id"])), "",
+            *_ceiling_words(table, rows), *_leak_free_words(table, rows),
+            frame_markdown(shown.drop(columns=["search_trial_id"])), "",
             "![objective vs final](objective_validity.png)", "",
             f"To re-train more of this search's configurations: `python sweeps/{protocol.name}.py --name "
             f"{rows['sweep'].iloc[0]} --stage final --validate-top K` (or `--validate-spread K`), with the sweep's "
             "other flags; only the variants without rows train.", ""]
 
 
-def _ceiling_words(table: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
-    """How high that correlation could be, given the noise of the objective and of the final numbers. Every
-    configuration ran the same seeds, so the noise that can reorder them is the configuration x seed
-    interaction (`tables.seed_noise`, paired). The objective's is measured over search seeds where every
-    trial ran two or more, else taken from its binomial SE (a lower bound: it leaves out training noise)."""
+def _objective_reliability(table: pd.DataFrame, rows: pd.DataFrame) -> tuple[float, str, str]:
+    """The validated configurations' objectives: the share of their spread that is not noise, where that noise
+    was measured, and a caveat. Every configuration ran the same seeds, so the noise that can reorder them is
+    the configuration x seed interaction (`tables.seed_noise`, paired), measured over search seeds where every
+    trial ran two or more, else taken from the binomial SE (a lower bound: it leaves out training noise)."""
     measured, search_seeds = objective_seed_noise(rows, table["search_trial_id"], paired=True)
     if math.isnan(measured):
-        objective_noise, source = (table["objective_se"] ** 2).mean(), "the objectives' binomial SE"
         caveat = (" (training noise, not in the binomial SE, would lower it further; a sweep with two or more "
                   "`--search-seeds` measures it)")
-    else:
-        objective_noise = measured
-        source, caveat = f"the objectives' spread over their {search_seeds} search seeds", ""
+        return reliability(table["objective"], (table["objective_se"] ** 2).mean()), \
+            "the objectives' binomial SE", caveat
+    return reliability(table["objective"], measured), f"the objectives' spread over their {search_seeds} search " \
+        "seeds", ""
+
+
+def _ceiling_words(table: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
+    """How high that correlation could be, given the noise of the objective and of the final numbers."""
+    rel_objective, source, caveat = _objective_reliability(table, rows)
     final = per_seed_final(rows).reindex(table["variant"])
-    rel_objective = reliability(table["objective"], objective_noise)
     rel_final = reliability(table["final"], seed_noise(final, paired=True))
     if math.isnan(rel_objective) or math.isnan(rel_final):
         return []
@@ -365,6 +371,26 @@ def _ceiling_words(table: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
             f"perfect predictor would show a correlation of at most about "
             f"**{noise_ceiling(rel_objective, rel_final):.2f}** here{caveat}. Far below it, the objective "
             "ranks differently; near it, more seeds or more distinct configurations are what would show more.", ""]
+
+
+def _leak_free_words(table: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
+    """How much of the final ranking depends on which classes are new, which no leak-free objective can see."""
+    ceiling = leak_free_ceiling(rows, table["variant"])
+    if ceiling is None:
+        return []
+    shares = ceiling.agreements
+    rel_objective, _, _ = _objective_reliability(table, rows)
+    both = noise_ceiling(rel_objective, ceiling.reliability)
+    with_noise = f"; with the objective's own noise above, about **{both:.2f}**" if not math.isnan(both) else ""
+    return [f"Which classes are new: the final stage also scores the new classes' test images in two halves "
+            f"(the first ceil(n/2) new labels and the rest, classified among all new classes). One seed's "
+            f"{HEADLINE['base2new']} on one half ranks these configurations as itself on another seed at "
+            f"{shares['another seed']:.2f}, as the other half on the same seed at {shares['another half']:.2f}, and "
+            f"as the other half on another seed at {shares['neither']:.2f}. What the halves do not share depends on "
+            f"which classes are new, which no leak-free search sees; what they share (the seeds' part counted as "
+            f"knowable, since a search may train on the same few-shot seeds) is {ceiling.reliability:.0%} of the "
+            f"final numbers' spread over {ceiling.seeds} seeds, so an objective that knew all of it would rank these "
+            f"configurations as the final does at about **{ceiling.ceiling:.2f}** at most{with_noise}.", ""]
 
 
 def param_importance(trials: pd.DataFrame, params: list[str], bounds: dict) -> tuple[dict[str, float], str]:

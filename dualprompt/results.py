@@ -40,7 +40,7 @@ from .storage import list_files, one_line, open_storage, write_atomically
 
 # Bump when a non-configuration column is added, removed, renamed or changes type, and add the migration
 # from the previous version to MIGRATIONS (configuration columns follow Config without a bump).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("ok", "failed")
 KEY_COLUMNS = ("stage", "trial_id", "source_dataset", "dataset", "seed", "shots", "fold")
 PACKAGES = {"torch": "torch", "open_clip": "open_clip_torch", "ray": "ray", "optuna": "optuna",
@@ -299,7 +299,13 @@ def _from_version_1(table: pa.Table) -> pa.Table:
             .append_column("fold", pa.array([0] * n, pa.int64())))
 
 
-MIGRATIONS = {1: _from_version_1}  # version -> the step to version + 1
+def _from_version_2(table: pa.Table) -> pa.Table:
+    """Version 3 added base-to-new's new-class halves (acc_test_new_first_half, ..._second_half and their
+    counts); older rows did not measure them, so `upgrade` fills them with nulls."""
+    return table
+
+
+MIGRATIONS = {1: _from_version_1, 2: _from_version_2}  # version -> the step to version + 1
 
 
 def upgrade(table: pa.Table, version: int, path: str) -> pa.Table:

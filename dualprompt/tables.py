@@ -357,6 +357,74 @@ def datasets_needed(agreements: dict[str, float], folds: int, seeds: int, target
     return next((d for d in range(1, 1001) if design_reliability(agreements, d, folds, seeds) >= target), None)
 
 
+NEW_HALVES = ("acc_test_new_first_half", "acc_test_new_second_half")  # base-to-new's final stage measures both
+
+
+@dataclass(frozen=True)
+class LeakFreeCeiling:
+    """How much of a final ranking an objective that never sees the new classes could predict: `reliability` of
+    the final numbers with respect to what does not depend on which classes are new, and its square root, the
+    `ceiling` of such an objective's correlation with them."""
+
+    agreements: dict[str, float]
+    seeds: int
+    reliability: float
+    ceiling: float
+
+
+def final_half_cells(rows: pd.DataFrame, variants) -> pd.DataFrame:
+    """Base-to-new, [variant, (seed, half)]: each seed's Average HM with the new accuracy of one half of the new
+    classes only (datasets averaged first, as `per_seed_average` does; seeds every dataset has). Empty where
+    the rows do not measure the halves (written before they were, or another protocol)."""
+    ok, _ = _final_ok(rows)
+    ok = ok[ok["variant"].isin(list(variants))]
+    if ok.empty or any(c not in ok or ok[c].isna().all() for c in NEW_HALVES):
+        return pd.DataFrame()
+    cells = {}
+    for (variant, seed), group in ok.groupby(["variant", "seed"]):
+        if set(group["dataset"]) != set(ok.loc[ok["variant"] == variant, "dataset"]):
+            continue
+        means = group.astype({c: "float64" for c in ("acc_test_base", *NEW_HALVES)}).groupby("dataset")[
+            ["acc_test_base", *NEW_HALVES]].mean().mean()
+        for half, column in enumerate(NEW_HALVES, start=1):
+            cells[(variant, seed, half)] = harmonic_mean(means["acc_test_base"], means[column])
+    return pd.Series(cells).unstack([1, 2]) if cells else pd.DataFrame()
+
+
+def leak_free_ceiling(rows: pd.DataFrame, variants) -> LeakFreeCeiling | None:
+    """The ceiling of any leak-free objective's correlation with the final numbers of `variants`.
+
+    A cell is one seed's number on one half of the new classes (`final_half_cells`). Cells on other seeds and
+    halves share what the configuration does everywhere (g); cells on one seed also share that seed's training
+    (s = another half - g), which a search may know too (it can train on the same few-shot seeds); cells on one
+    half share what its classes do with the configuration (e = another seed - g), which no leak-free search
+    sees, nor the rest (n, that seed's effect on those classes and test noise). The final numbers average S
+    seeds and both halves, so the part a search could know is (g + s / S) / (g + s / S + e / 2 + n / (2 S)) of
+    their spread; shares estimated below zero are set to zero. None with fewer than four configurations or two
+    seeds measured on both halves."""
+    cells = final_half_cells(rows, variants)
+    if cells.empty:
+        return None
+    cells = cells.dropna()
+    seeds = sorted({seed for seed, _ in cells.columns})
+    if len(cells) < 4 or len(seeds) < 2:
+        return None
+    pairs: dict[str, list[float]] = {"another seed": [], "another half": [], "neither": []}
+    for i, a in enumerate(cells.columns):
+        for b in cells.columns[i + 1 :]:
+            relation = "another seed" if a[1] == b[1] else "another half" if a[0] == b[0] else "neither"
+            pairs[relation].append(spearman(cells[a], cells[b]))
+    agreements = {relation: float(np.mean(values)) for relation, values in pairs.items()}
+    g = max(agreements["neither"], 0.0)
+    s = max(agreements["another half"] - g, 0.0)
+    e = max(agreements["another seed"] - g, 0.0)
+    n = max(1.0 - g - s - e, 0.0)
+    k = len(seeds)
+    known = g + s / k
+    rel = known / (known + e / 2 + n / (2 * k)) if known > 0 else 0.0
+    return LeakFreeCeiling(agreements, k, rel, math.sqrt(rel))
+
+
 def agreement(per_part: pd.DataFrame) -> float:
     """Mean Spearman over every pair of columns of a [configuration, part] table (rows with both values): how
     alike two parts of one measure rank the configurations. NaN with fewer than two columns."""

@@ -11,7 +11,8 @@ from dualprompt.data.errors import DataError
 from dualprompt.data.sampling import pseudo_split
 from dualprompt.data.types import DatasetSplits, Item
 from dualprompt.evaluate import accuracy_se, harmonic_mean, harmonic_mean_se, mean_se
-from dualprompt.protocols import Job, Scope, all_protocols, get_protocol
+from dualprompt.experiment import evaluation_items
+from dualprompt.protocols import Evaluation, Job, Scope, all_protocols, get_protocol
 from dualprompt.protocols.few_shot import epochs_for
 
 SCOPE = Scope(datasets=("a", "b"), seeds=(1, 2, 3), search_seeds=(1,), shots=(16,), search_shots=(16,), folds=2,
@@ -40,10 +41,26 @@ def test_every_final_stage_keeps_its_prompts_and_tests_on_test_images(protocol):
 def test_base_to_new_trains_on_base_and_tests_base_and_new_separately():
     protocol = get_protocol("base2new")
     assert protocol.final.train_classes == "base"
-    assert [(e.metric, e.classes) for e in protocol.final.evaluations] == [("acc_test_base", "base"),
-                                                                         ("acc_test_new", "new")]
+    assert [(e.metric, e.classes, e.images_of) for e in protocol.final.evaluations] == [
+        ("acc_test_base", "base", "all"), ("acc_test_new", "new", "all"),
+        ("acc_test_new_first_half", "new", "first_half"), ("acc_test_new_second_half", "new", "second_half")]
     assert protocol.final.hm_of == ("acc_test_base", "acc_test_new") and protocol.final.objective == "hm_test"
     assert protocol.search.pool == "base" and protocol.search.train_classes == "pseudobase"
+
+
+def test_a_half_scores_the_images_of_its_labels_among_every_class_of_the_set():
+    # Five classes: ceil(5 / 2) = 3, so the first half is labels 0-2 and the second labels 3-4, the cut
+    # subsample_classes makes between base and new.
+    test = tuple(Item(f"/img/{label}-{i}.png", label, f"c{label}") for label in range(5) for i in range(2))
+    splits = DatasetSplits("toy", tuple(f"c{label}" for label in range(5)), (), (), test)
+    first, second = (Evaluation("acc", "new", "test", images_of=half) for half in ("first_half", "second_half"))
+    assert [i.label for i in evaluation_items(splits, first)] == [0, 0, 1, 1, 2, 2]
+    assert [i.label for i in evaluation_items(splits, second)] == [3, 3, 4, 4]
+    assert evaluation_items(splits, Evaluation("acc", "new", "test")) == test
+    with pytest.raises(ValueError, match="Evaluation 'acc': images_of 'middle' is not one of all, first_half"):
+        Evaluation("acc", "new", "test", images_of="middle")
+    with pytest.raises(ValueError, match="split 'train' is not one of test, val, heldout"):
+        Evaluation("acc", "new", "train")
 
 
 def test_jobs_of_each_stage():

@@ -15,7 +15,15 @@ import pytest
 
 from dualprompt.config import Config
 from dualprompt.protocols import get_protocol
-from dualprompt.report import _bought, _ceiling_words, _cell_words, _held_out_words, _one_se_words, sweep_spec
+from dualprompt.report import (
+    _bought,
+    _ceiling_words,
+    _cell_words,
+    _held_out_words,
+    _leak_free_words,
+    _one_se_words,
+    sweep_spec,
+)
 from dualprompt.results import ResultRow, load_results, rows_to_table, write_rows
 from dualprompt.tables import (
     TablesError,
@@ -27,6 +35,7 @@ from dualprompt.tables import (
     few_shot_summary,
     final_objective,
     held_out_agreement,
+    leak_free_ceiling,
     noise_ceiling,
     objective_validity,
     one_se_pick,
@@ -226,6 +235,51 @@ def test_report_says_what_one_cell_shares_and_how_many_datasets_would_do():
     assert "would take about 1 dataset at these folds and seeds" in words
     # The same 8 jobs on 4 datasets with one seed: 0.85 / (0.85 + 0.10 / 4 + 0.05 / 8) = 0.96.
     assert "The same jobs spent on 4 datasets with one seed each would give 0.96." in words
+
+
+def _half_rows(ranks: dict[tuple[int, int], list[int]]) -> list[ResultRow]:
+    """Five validated configurations (search trials s00-s04 scoring 50, 60, ... 90) on datasets a and b, seeds 1
+    and 2: base 80 everywhere, and on (seed, half) configuration i scores 40 + 2 x ranks[seed, half][i] on that
+    half of the new classes."""
+    rows = [search(i, 0.1 * (i + 1), 2 + i, "mix", 50.0 + 10 * i) for i in range(5)]
+    for i, variant in enumerate(("defaults", "top4", "top3", "top2", "best")):
+        for seed in (1, 2):
+            halves = [40.0 + 2 * ranks[seed, half][i] for half in (1, 2)]
+            config = Config().replace(seed=seed)
+            metrics = {"acc_test_base": 80.0, "acc_test_new": sum(halves) / 2, "hm_test": hm(80.0, sum(halves) / 2),
+                       "acc_test_new_first_half": halves[0], "acc_test_new_second_half": halves[1]}
+            rows += [ResultRow("demo", "final", f"f-{variant}", config.replace(dataset=d), variant=variant,
+                               search_trial_id=f"s{i:02d}", metrics=metrics) for d in "ab"]
+    return rows
+
+
+def test_leak_free_ceiling_splits_the_final_by_seed_and_half_by_hand():
+    # Spearman over five: one swapped pair 0.9, two 0.8. Seed 2 swaps configurations 0 and 1 on both halves,
+    # half 2 swaps 3 and 4 on both seeds: another seed (same half) 0.9, another half (same seed) 0.9, neither
+    # 0.8. So g = 0.8, the seed's share s = 0.1, the half's e = 0.1, noise 0: of the mean of 2 seeds x 2 halves,
+    # (0.8 + 0.1 / 2) / (0.8 + 0.1 / 2 + 0.1 / 2) = 0.944 is what does not depend on the halves; ceiling 0.972.
+    ranks = {(1, 1): [1, 2, 3, 4, 5], (2, 1): [2, 1, 3, 4, 5], (1, 2): [1, 2, 3, 5, 4], (2, 2): [2, 1, 3, 5, 4]}
+    rows = frame(_half_rows(ranks))
+    table = objective_validity(rows)
+    ceiling = leak_free_ceiling(rows, table["variant"])
+    assert ceiling.agreements == pytest.approx({"another seed": 0.9, "another half": 0.9, "neither": 0.8})
+    assert ceiling.seeds == 2 and ceiling.reliability == pytest.approx(0.85 / 0.9)
+    assert ceiling.ceiling == pytest.approx(math.sqrt(0.85 / 0.9))
+    words = " ".join(_leak_free_words(table, rows))
+    assert "as itself on another seed at 0.90, as the other half on the same seed at 0.90" in words
+    assert "as the other half on another seed at 0.80" in words and "is 94% of the final numbers' spread" in words
+    assert "about **0.97** at most" in words
+    # The objectives 50 ... 90 (variance 250) with a binomial SE of 4 (variance 16): reliability 0.936, and
+    # together sqrt(0.936 x 0.944) = 0.94.
+    assert "with the objective's own noise above, about **0.94**" in words
+    # Halves that reverse each other: nothing carries from one set of new classes to another.
+    reversed_halves = {(1, 1): [1, 2, 3, 4, 5], (2, 1): [1, 2, 3, 4, 5], (1, 2): [5, 4, 3, 2, 1],
+                       (2, 2): [5, 4, 3, 2, 1]}
+    assert leak_free_ceiling(frame(_half_rows(reversed_halves)), table["variant"]).ceiling == 0.0
+    # Rows written before the halves were measured, or one seed: nothing to say.
+    older = rows.assign(acc_test_new_first_half=math.nan, acc_test_new_second_half=math.nan)
+    assert leak_free_ceiling(older, table["variant"]) is None and _leak_free_words(table, older) == []
+    assert leak_free_ceiling(rows[rows["seed"] == 1], table["variant"]) is None
 
 
 def test_agreement_averages_every_pair_and_spearman_brown_by_hand():

@@ -57,6 +57,19 @@ COLUMNS_OF_VERSION = {
         "restarts", "config_json", "git_commit", "git_dirty", "torch_version", "open_clip_version", "ray_version",
         "optuna_version", "dualprompt_version", "python_version", "host", "finished_at",
     ),
+    3: (
+        "schema_version", "sweep", "protocol", "stage", "trial_id", "variant", "method", "dataset", "seed", "shots",
+        "backbone", "pretrained", "source_dataset", "fold", "search_trial_id", "status", "error",
+        "acc_val_pseudobase", "acc_val_pseudonew", "hm_val", "acc_test_base", "acc_test_new",
+        "acc_test_new_first_half", "acc_test_new_second_half", "hm_test", "acc_test", "acc_val", "n_val_pseudobase",
+        "n_val_pseudonew", "n_test_base", "n_test_new", "n_test_new_first_half", "n_test_new_second_half", "n_test",
+        "n_val",
+        "hm_val_se", "hm_test_se", "acc_test_se", "acc_val_se", "n_train_classes", "n_train_images", "steps",
+        "final_loss", "loss_terms_json", "prompt_file", "ray_startup_s", "backbone_load_s", "feature_s", "train_s",
+        "eval_s", "wall_s", "trial_wall_s", "peak_rss_bytes", "peak_cuda_bytes", "device", "world_size",
+        "restarts", "config_json", "git_commit", "git_dirty", "torch_version", "open_clip_version", "ray_version",
+        "optuna_version", "dualprompt_version", "python_version", "host", "finished_at",
+    ),
 }
 
 

@@ -50,6 +50,8 @@ def check_stage_rows(rows, protocol_name: str) -> None:
     for evaluation in protocol.search.evaluations:
         assert (search[evaluation.count_column] > 0).all()
     assert final[list(protocol.final.metric_columns)].notna().all().all()
+    for evaluation in protocol.final.evaluations:
+        assert (final[evaluation.count_column] > 0).all()
     trained = final[final["method"] != "zeroshot"]
     assert trained["prompt_file"].notna().all() and final.loc[final["method"] == "zeroshot", "prompt_file"].isna().all()
 
@@ -88,6 +90,12 @@ def test_base_to_new_final_stage_validates_the_search(base2new):
     expected = expected_final_variants(rows)
     assert sorted(set(final["variant"])) == sorted(expected) and len(expected) >= 8
     assert len(final) == len(expected) * 2  # one dataset, two seeds
+    # The new classes' two halves split the new-class test images between them, and their accuracies with them.
+    halves = final[["n_test_new_first_half", "n_test_new_second_half"]].astype(float)
+    assert (halves.sum(axis=1) == final["n_test_new"]).all()
+    weighted = (final["acc_test_new_first_half"] * halves.iloc[:, 0] + final["acc_test_new_second_half"]
+                * halves.iloc[:, 1]) / final["n_test_new"].astype(float)
+    assert weighted.to_numpy() == pytest.approx(final["acc_test_new"].to_numpy())
     variants = final.groupby("variant").first()
     assert variants.loc["mi_only", "aug_strength"] == 0.0 and variants.loc["aug_only", "mi_weight"] == 0.0
     for name in ("mi_only", "aug_only", "best", *(v for v in expected if v.startswith("top"))):

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 
 CLASS_SETS = ("all", "base", "new", "pseudobase", "pseudonew")
 SPLITS = ("test", "val", "heldout")  # heldout: the few-shot train + val images of classes never trained on
+# Whose images an evaluation scores, still classified among every class of its set: all of them, or those of
+# the first ceil(n/2) labels or of the rest (the protocol's own cut, applied inside the set).
+IMAGES_OF = ("all", "first_half", "second_half")
 STAGES = ("search", "final")
 
 
@@ -32,6 +35,13 @@ class Evaluation:
     metric: str
     classes: str  # one of CLASS_SETS; pseudo* are halves of the stage's training classes (see Stage)
     split: str  # one of SPLITS
+    images_of: str = "all"  # one of IMAGES_OF
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("classes", CLASS_SETS), ("split", SPLITS), ("images_of", IMAGES_OF)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"Evaluation {self.metric!r}: {name} {getattr(self, name)!r} is not one of "
+                                 f"{', '.join(allowed)}.")
 
     @property
     def count_column(self) -> str:
