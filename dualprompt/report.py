@@ -350,12 +350,12 @@ def _objective_reliability(table: pd.DataFrame, rows: pd.DataFrame) -> tuple[flo
     trial ran two or more, else taken from the binomial SE (a lower bound: it leaves out training noise)."""
     measured, search_seeds = objective_seed_noise(rows, table["search_trial_id"], paired=True)
     if math.isnan(measured):
+        noise, source = (table["objective_se"] ** 2).mean(), "the objectives' binomial SE"
         caveat = (" (training noise, not in the binomial SE, would lower it further; a sweep with two or more "
                   "`--search-seeds` measures it)")
-        return reliability(table["objective"], (table["objective_se"] ** 2).mean()), \
-            "the objectives' binomial SE", caveat
-    return reliability(table["objective"], measured), f"the objectives' spread over their {search_seeds} search " \
-        "seeds", ""
+    else:
+        noise, source, caveat = measured, f"the objectives' spread over their {search_seeds} search seeds", ""
+    return reliability(table["objective"], noise), source, caveat
 
 
 def _ceiling_words(table: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
