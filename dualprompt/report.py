@@ -390,7 +390,8 @@ def _leak_free_words(table: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
             f"which classes are new, which no leak-free search sees; what they share (the seeds' part counted as "
             f"knowable, since a search may train on the same few-shot seeds) is {ceiling.reliability:.0%} of the "
             f"final numbers' spread over {ceiling.seeds} seeds, so an objective that knew all of it would rank these "
-            f"configurations as the final does at about **{ceiling.ceiling:.2f}** at most{with_noise}.", ""]
+            f"configurations as the final does at about **{ceiling.ceiling:.2f}** at most (95% interval "
+            f"{ceiling.interval[0]:.2f} to {ceiling.interval[1]:.2f}, resampling the configurations){with_noise}.", ""]
 
 
 def param_importance(trials: pd.DataFrame, params: list[str], bounds: dict) -> tuple[dict[str, float], str]:

@@ -364,12 +364,14 @@ NEW_HALVES = ("acc_test_new_first_half", "acc_test_new_second_half")  # base-to-
 class LeakFreeCeiling:
     """How much of a final ranking an objective that never sees the new classes could predict: `reliability` of
     the final numbers with respect to what does not depend on which classes are new, and its square root, the
-    `ceiling` of such an objective's correlation with them."""
+    `ceiling` of such an objective's correlation with them, with a bootstrap 95% `interval` over the
+    configurations."""
 
     agreements: dict[str, float]
     seeds: int
     reliability: float
     ceiling: float
+    interval: tuple[float, float]
 
 
 def final_half_cells(rows: pd.DataFrame, variants) -> pd.DataFrame:
@@ -391,7 +393,7 @@ def final_half_cells(rows: pd.DataFrame, variants) -> pd.DataFrame:
     return pd.Series(cells).unstack([1, 2]) if cells else pd.DataFrame()
 
 
-def leak_free_ceiling(rows: pd.DataFrame, variants) -> LeakFreeCeiling | None:
+def leak_free_ceiling(rows: pd.DataFrame, variants, resamples: int = 1000) -> LeakFreeCeiling | None:
     """The ceiling of any leak-free objective's correlation with the final numbers of `variants`.
 
     A cell is one seed's number on one half of the new classes (`final_half_cells`). Cells on other seeds and
@@ -400,29 +402,47 @@ def leak_free_ceiling(rows: pd.DataFrame, variants) -> LeakFreeCeiling | None:
     half share what its classes do with the configuration (e = another seed - g), which no leak-free search
     sees, nor the rest (n, that seed's effect on those classes and test noise). The final numbers average S
     seeds and both halves, so the part a search could know is (g + s / S) / (g + s / S + e / 2 + n / (2 S)) of
-    their spread; shares estimated below zero are set to zero. None with fewer than four configurations or two
-    seeds measured on both halves."""
+    their spread; shares estimated below zero are set to zero. The interval resamples the configurations
+    (`resamples` times, a fixed seed). None with fewer than four configurations or two seeds measured on both
+    halves."""
     cells = final_half_cells(rows, variants)
     if cells.empty:
         return None
     cells = cells.dropna()
-    seeds = sorted({seed for seed, _ in cells.columns})
-    if len(cells) < 4 or len(seeds) < 2:
+    seeds = len({seed for seed, _ in cells.columns})
+    if len(cells) < 4 or seeds < 2:
         return None
+    agreements, rel = _leak_free_reliability(cells)
+    rng = np.random.default_rng(0)
+    draws = [math.sqrt(_leak_free_reliability(cells.iloc[rng.integers(0, len(cells), len(cells))])[1])
+             for _ in range(resamples)]
+    low, high = np.nanpercentile(draws, [2.5, 97.5]) if resamples else (math.nan, math.nan)
+    return LeakFreeCeiling(agreements, seeds, rel, math.sqrt(rel), (float(low), float(high)))
+
+
+def _leak_free_reliability(cells: pd.DataFrame) -> tuple[dict[str, float], float]:
+    """`leak_free_ceiling`'s agreements (mean Spearman over the pairs of cells of each relation) and reliability
+    for a [configuration, (seed, half)] table."""
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample can repeat one configuration: no ranks
+        corr = np.corrcoef(cells.rank().to_numpy(), rowvar=False)  # Spearman of every pair of cells
     pairs: dict[str, list[float]] = {"another seed": [], "another half": [], "neither": []}
-    for i, a in enumerate(cells.columns):
-        for b in cells.columns[i + 1 :]:
+    columns = list(cells.columns)
+    for i, a in enumerate(columns):
+        for j in range(i + 1, len(columns)):
+            b = columns[j]
             relation = "another seed" if a[1] == b[1] else "another half" if a[0] == b[0] else "neither"
-            pairs[relation].append(spearman(cells[a], cells[b]))
-    agreements = {relation: float(np.mean(values)) for relation, values in pairs.items()}
+            pairs[relation].append(corr[i, j])
+    agreements = {relation: float(np.nanmean(values)) if not np.isnan(values).all() else math.nan
+                  for relation, values in pairs.items()}
+    if any(math.isnan(v) for v in agreements.values()):
+        return agreements, math.nan
     g = max(agreements["neither"], 0.0)
     s = max(agreements["another half"] - g, 0.0)
     e = max(agreements["another seed"] - g, 0.0)
     n = max(1.0 - g - s - e, 0.0)
-    k = len(seeds)
+    k = len({seed for seed, _ in columns})
     known = g + s / k
-    rel = known / (known + e / 2 + n / (2 * k)) if known > 0 else 0.0
-    return LeakFreeCeiling(agreements, k, rel, math.sqrt(rel))
+    return agreements, known / (known + e / 2 + n / (2 * k)) if known > 0 else 0.0
 
 
 def agreement(per_part: pd.DataFrame) -> float:

@@ -265,10 +265,12 @@ def test_leak_free_ceiling_splits_the_final_by_seed_and_half_by_hand():
     assert ceiling.agreements == pytest.approx({"another seed": 0.9, "another half": 0.9, "neither": 0.8})
     assert ceiling.seeds == 2 and ceiling.reliability == pytest.approx(0.85 / 0.9)
     assert ceiling.ceiling == pytest.approx(math.sqrt(0.85 / 0.9))
+    low, high = ceiling.interval  # resampled configurations: repeats tie, and a share can only move
+    assert 0.0 <= low <= ceiling.ceiling <= high <= 1.0 and low < high
     words = " ".join(_leak_free_words(table, rows))
     assert "as itself on another seed at 0.90, as the other half on the same seed at 0.90" in words
     assert "as the other half on another seed at 0.80" in words and "is 94% of the final numbers' spread" in words
-    assert "about **0.97** at most" in words
+    assert f"about **0.97** at most (95% interval {low:.2f} to {high:.2f}, resampling the configurations)" in words
     # The objectives 50 ... 90 (variance 250) with a binomial SE of 4 (variance 16): reliability 0.936, and
     # together sqrt(0.936 x 0.944) = 0.94.
     assert "with the objective's own noise above, about **0.94**" in words
@@ -276,6 +278,9 @@ def test_leak_free_ceiling_splits_the_final_by_seed_and_half_by_hand():
     reversed_halves = {(1, 1): [1, 2, 3, 4, 5], (2, 1): [1, 2, 3, 4, 5], (1, 2): [5, 4, 3, 2, 1],
                        (2, 2): [5, 4, 3, 2, 1]}
     assert leak_free_ceiling(frame(_half_rows(reversed_halves)), table["variant"]).ceiling == 0.0
+    # Every cell ranking the configurations alike: everything carries, in every resample too.
+    alike = {key: [1, 2, 3, 4, 5] for key in ranks}
+    assert leak_free_ceiling(frame(_half_rows(alike)), table["variant"]).interval == (1.0, 1.0)
     # Rows written before the halves were measured, or one seed: nothing to say.
     older = rows.assign(acc_test_new_first_half=math.nan, acc_test_new_second_half=math.nan)
     assert leak_free_ceiling(older, table["variant"]) is None and _leak_free_words(table, older) == []
