@@ -14,7 +14,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from .tables import AVERAGE, spearman, variant_label  # noqa: E402
+from .tables import AVERAGE, variant_label  # noqa: E402
+from .validity import spearman  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> None:

@@ -29,30 +29,32 @@ from .tables import (
     AVERAGE,
     TARGET_AVERAGE,
     best_search_trials,
-    cell_study,
     check_comparable,
-    design_reliability,
     few_shot_summary,
     final_objective,
+    per_seed_final,
+    search_trials,
+    searched_params,
+    std_interval,
+    summarise,
+    transfer_summary,
+    variant_label,
+    variant_order,
+)
+from .validity import (
+    cell_study,
+    design_reliability,
     held_out_agreement,
     leak_free_ceiling,
     noise_ceiling,
     objective_seed_noise,
     objective_validity,
     one_se_pick,
-    per_seed_final,
     reliability,
-    search_trials,
-    searched_params,
     seed_noise,
     spearman,
     spearman_brown,
     spearman_interval,
-    std_interval,
-    summarise,
-    transfer_summary,
-    variant_label,
-    variant_order,
 )
 
 # Published 11-dataset base-to-new averages (ViT-B/16, 16 shots, 3 seeds), quoted from the papers and READMEs
@@ -346,7 +348,7 @@ def _validity(rows: pd.DataFrame, out: Path, protocol) -> list[str]:
 def _objective_reliability(table: pd.DataFrame, rows: pd.DataFrame) -> tuple[float, str, str]:
     """The validated configurations' objectives: the share of their spread that is not noise, where that noise
     was measured, and a caveat. Every configuration ran the same seeds, so the noise that can reorder them is
-    the configuration x seed interaction (`tables.seed_noise`, paired), measured over search seeds where every
+    the configuration x seed interaction (`validity.seed_noise`, paired), measured over search seeds where every
     trial ran two or more, else taken from the binomial SE (a lower bound: it leaves out training noise)."""
     measured, search_seeds = objective_seed_noise(rows, table["search_trial_id"], paired=True)
     if math.isnan(measured):

@@ -450,13 +450,14 @@ def final_variants(rows: Any, searched: list[str], defaults: dict[str, Any], bas
     """The final stage's trials, from the search rows: each {"variant", "search_trial_id", "overrides"}.
 
     best = the complete search trial with the highest objective (ties: the earlier); defaults = the dual-view
-    defaults (the first search point); with `one_se`, one_se = the one-SE rule's pick (`tables.one_se_pick`)
+    defaults (the first search point); with `one_se`, one_se = the one-SE rule's pick (`validity.one_se_pick`)
     where it is neither best nor the defaults; top2.. = the next `validate_top` trials, then `validate_spread` more at
     evenly spaced ranks down to the worst (`tables.evenly_spaced_ranks`; "topR" is search rank R); then the
     baselines; with `ablations`, the best configuration with only its MI term (no augmentation: aug_strength 0)
     and with only its augmentation (mi_weight 0).
     """
-    from .tables import best_search_trials, evenly_spaced_ranks, one_se_pick
+    from .tables import best_search_trials, evenly_spaced_ranks
+    from .validity import one_se_pick
 
     ranked = best_search_trials(rows, k=len(rows))
     top = range(min(1 + validate_top, len(ranked)))  # positions, the best first

@@ -27,28 +27,30 @@ from dualprompt.report import (
 from dualprompt.results import ResultRow, load_results, rows_to_table, write_rows
 from dualprompt.tables import (
     TablesError,
-    agreement,
     best_search_trials,
-    cell_study,
     chi2_quantile,
-    design_reliability,
     few_shot_summary,
     final_objective,
+    per_seed_final,
+    search_trials,
+    std_interval,
+    summarise,
+    transfer_summary,
+)
+from dualprompt.validity import (
+    agreement,
+    cell_study,
+    design_reliability,
     held_out_agreement,
     leak_free_ceiling,
     noise_ceiling,
     objective_validity,
     one_se_pick,
-    per_seed_final,
     reliability,
-    search_trials,
     seed_noise,
     spearman,
     spearman_brown,
     spearman_interval,
-    std_interval,
-    summarise,
-    transfer_summary,
     variance_shares,
 )
 

@@ -18,7 +18,8 @@ from dualprompt import load_prompt
 from dualprompt.data.synthetic import DOMAIN_GENERALISATION_TARGETS, SOURCE_DATASET
 from dualprompt.protocols import get_protocol
 from dualprompt.results import KEY_COLUMNS, read_results
-from dualprompt.tables import best_search_trials, one_se_pick
+from dualprompt.tables import best_search_trials
+from dualprompt.validity import one_se_pick
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

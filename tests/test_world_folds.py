@@ -15,7 +15,7 @@ from dualprompt.data.sampling import pseudo_split, subsample_classes
 from dualprompt.data.synthetic import BASE_TO_NEW_DATASETS, DATASETS
 from dualprompt.data.types import DatasetSplits
 from dualprompt.errors import DualpromptError
-from dualprompt.tables import cell_agreements, spearman_brown
+from dualprompt.validity import cell_agreements, spearman_brown
 from dualprompt.world import draws, folds
 
 REPO = Path(__file__).resolve().parents[1]

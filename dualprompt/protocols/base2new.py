@@ -12,7 +12,7 @@ on). The true new classes and every test image stay unseen. With two folds each 
 The final stage also scores the new-class test images in two halves (the first ceil(n/2) new labels and the
 rest, still classified among all new classes): how alike the halves rank configurations says how much of the
 final result depends on which classes are new, which no leak-free objective can see
-(`tables.leak_free_ceiling`). Only the first two evaluations make the headline HM.
+(`validity.leak_free_ceiling`). Only the first two evaluations make the headline HM.
 """
 
 from __future__ import annotations

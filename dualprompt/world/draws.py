@@ -295,7 +295,7 @@ def draw_table(jobs: list[dict]) -> pd.DataFrame:
 
 def draw_summary(table: pd.DataFrame) -> dict[str, float]:
     """What one draw says about the objective: rank agreement and what the search bought."""
-    from dualprompt.tables import spearman
+    from dualprompt.validity import spearman
 
     searched = table[table["config"] != "defaults"]
     best = searched.sort_values("objective", ascending=False).iloc[0]
@@ -320,9 +320,9 @@ def per_seed_measures(jobs: list[dict]) -> dict[str, pd.DataFrame]:
 
 def spread_and_noise(jobs: list[dict]) -> dict[str, tuple[float, float]]:
     """For the objective and the final HM: (variance of the configurations' means over seeds, the variance
-    one such mean has from the seed noise that can reorder them: `tables.seed_noise`, paired, since every
+    one such mean has from the seed noise that can reorder them: `validity.seed_noise`, paired, since every
     configuration runs the same seeds). The noise is NaN with one seed."""
-    from dualprompt.tables import seed_noise
+    from dualprompt.validity import seed_noise
 
     out = {}
     for name, table in per_seed_measures(jobs).items():
@@ -332,9 +332,9 @@ def spread_and_noise(jobs: list[dict]) -> dict[str, tuple[float, float]]:
 
 
 def ceiling_from(parts: dict[str, tuple[float, float]]) -> dict[str, float]:
-    """Each measure's reliability (`tables.share_beyond_noise`) and the highest Spearman(objective, final
-    HM) that their noise allows (`tables.noise_ceiling`)."""
-    from dualprompt.tables import noise_ceiling, share_beyond_noise
+    """Each measure's reliability (`validity.share_beyond_noise`) and the highest Spearman(objective, final
+    HM) that their noise allows (`validity.noise_ceiling`)."""
+    from dualprompt.validity import noise_ceiling, share_beyond_noise
 
     out = {f"reliability_{name}": share_beyond_noise(*parts[name]) for name in ("objective", "final")}
     out["noise_ceiling"] = noise_ceiling(out["reliability_objective"], out["reliability_final"])
@@ -344,7 +344,7 @@ def ceiling_from(parts: dict[str, tuple[float, float]]) -> dict[str, float]:
 def objective_seed_validity(jobs: list[dict], k: int) -> float:
     """Spearman(objective over k seeds' search jobs, final HM over all seeds), averaged over every k-subset of
     the seeds: what a search with k seeds per trial would have predicted, the final HM held fixed."""
-    from dualprompt.tables import spearman
+    from dualprompt.validity import spearman
 
     measures = per_seed_measures(jobs)
     objective, final = measures["objective"], measures["final"].mean(axis=1).reindex(measures["objective"].index)
@@ -361,7 +361,7 @@ def draw_reliability(jobs: list[dict]) -> dict[str, float]:
 def folds_agreement(jobs: list[dict]) -> float:
     """Spearman between the objective's two folds (each holds out the other base block) over the configurations:
     the validation side's own measure of how far a ranking carries to other held-out classes."""
-    from dualprompt.tables import agreement
+    from dualprompt.validity import agreement
 
     search = pd.DataFrame(jobs).query("stage == 'search'")
     return agreement(search.groupby(["variant", "fold"])["hm_val"].mean().unstack())  # [config, fold]
@@ -390,7 +390,7 @@ def between_draws(tables: dict[str, pd.DataFrame]) -> dict[str, float]:
     averaged over the draws first. One draw's final HM is one sample of new classes; where two draws' finals
     rank the configurations unalike, no objective can agree with one draw's final by more than that, however
     valid it is over draws."""
-    from dualprompt.tables import agreement, spearman
+    from dualprompt.validity import agreement, spearman
 
     by_config = {draw: table.set_index("config") for draw, table in tables.items()}
     final = pd.DataFrame({draw: table["final_hm"] for draw, table in by_config.items()})  # [config, draw]
@@ -436,7 +436,7 @@ def read_jobs(paths: list[str], draws: tuple[str, ...] | None) -> dict[str, list
 
 def print_draw(draw: str, table: pd.DataFrame, summary: dict[str, float], note: str) -> None:
     from dualprompt.report import frame_markdown
-    from dualprompt.tables import spearman_interval
+    from dualprompt.validity import spearman_interval
 
     print(f"\nDraw {draw} (base = blocks {' + '.join(draw)}{note}):\n")
     print(frame_markdown(table.round(2)))

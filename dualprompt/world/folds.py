@@ -9,7 +9,7 @@ A search scores a configuration on pseudo-new classes it held out of the base cl
 holding out different classes, rank the configurations alike, the objective measures something that
 carries from one set of held-out classes to another; the square root of its reliability with respect to
 the held-out classes bounds how well it can predict results on yet other classes, the final test on the
-true new classes included (`tables.held_out_agreement`; the report's "Does the ranking carry to other
+true new classes included (`validity.held_out_agreement`; the report's "Does the ranking carry to other
 held-out classes?"). The committed layout has two 9-class blocks in base (A, B), so a trial has two folds.
 
 The *quarters* layout makes base four word-disjoint 4-class blocks instead, 2 colours x 2 shapes of each
@@ -20,7 +20,7 @@ search seeds, and prints, next to the sweep's own two folds over the same trials
 held-out class in common rank the trials, how alike folds sharing one held-out block do, and the
 reliability and bound of a search that averages 2, 4 or 6 folds (`class_reliability`), with bootstrap
 95% intervals over the trials, then what one cell (a dataset, fold and seed) shares with others
-(`tables.cell_agreements`; the sweep's report prints the same study of its own cells). It reads only the
+(`validity.cell_agreements`; the sweep's report prints the same study of its own cells). It reads only the
 few-shot train and val images of the classes each layout makes base (the quarters of C and D are new
 classes of the committed layout, as `world.draws` makes other blocks base): never a test image, and never a
 class its own layout holds out as new.
@@ -127,7 +127,7 @@ def split_tables(jobs: pd.DataFrame, seeds: tuple[int, ...]) -> dict[str, pd.Dat
 
 def split_agreements(table: pd.DataFrame) -> tuple[float, float]:
     """Mean Spearman over pairs of splits with no held-out class in common, and over pairs sharing some."""
-    from dualprompt.tables import spearman
+    from dualprompt.validity import spearman
 
     disjoint, shared = [], []
     for a, b in combinations(table.columns, 2):
@@ -136,7 +136,7 @@ def split_agreements(table: pd.DataFrame) -> tuple[float, float]:
 
 
 def cells_of(jobs: pd.DataFrame) -> pd.DataFrame:
-    """Each trial's objective in each cell (dataset, split, seed) alone, for `tables.cell_agreements`."""
+    """Each trial's objective in each cell (dataset, split, seed) alone, for `validity.cell_agreements`."""
     cells = ["dataset", "split", "seed"]
     return jobs.groupby(["trial_id", *cells])["objective"].mean().unstack(cells)
 
@@ -183,7 +183,7 @@ def model_check(jobs: pd.DataFrame, agreements: dict[str, float], seeds: int) ->
     """The committed folds' agreement over k of the datasets (mean over every subset of k) next to what the
     cell study predicts for it: the two fold means share the configuration's effect g and their datasets' d,
     so r(k) = (g + d / k) / (g + d / k + c / k + n / (k S))."""
-    from dualprompt.tables import spearman, variance_shares
+    from dualprompt.validity import spearman, variance_shares
 
     committed = jobs[jobs["layout"] == COMMITTED]
     names = sorted(committed["dataset"].unique())
@@ -202,7 +202,7 @@ def model_check(jobs: pd.DataFrame, agreements: dict[str, float], seeds: int) ->
 
 def _datasets_needed(agreements: dict[str, float], datasets: int, seeds: int) -> str:
     """The committed search's reliability over other datasets' classes, and how many datasets 0.6 would take."""
-    from dualprompt.tables import datasets_needed, design_reliability
+    from dualprompt.validity import datasets_needed, design_reliability
 
     design = f"a committed search of {_count(datasets, 'dataset')} x {N_FOLDS} folds x {_count(seeds, 'seed')}"
     reliability = design_reliability(agreements, datasets, N_FOLDS, seeds)
@@ -210,7 +210,7 @@ def _datasets_needed(agreements: dict[str, float], datasets: int, seeds: int) ->
         return f"The reliability of {design} needs cells of two or more datasets and seeds to estimate."
     needed = datasets_needed(agreements, N_FOLDS, seeds)
     return (f"So {design} has reliability {reliability:.2f} with respect to other datasets' classes "
-            "(`tables.design_reliability`); 0.6 (a bound of 0.77) would take "
+            "(`validity.design_reliability`); 0.6 (a bound of 0.77) would take "
             + (f"{needed} such datasets." if needed else "more than 1,000 such datasets."))
 
 
@@ -289,7 +289,7 @@ def summarise(jobs: pd.DataFrame, configs: dict[str, dict], seeds: tuple[int, ..
               resamples: int = RESAMPLES) -> str:
     """The designs' table, the cell study, then how each layout's whole objective ranks the trials against the
     other's and against their context lengths."""
-    from dualprompt.tables import spearman
+    from dualprompt.validity import spearman
 
     tables = split_tables(jobs, seeds)
     _, r_shared = split_agreements(tables["all seeds"])
@@ -323,7 +323,7 @@ def designs_table(tables: dict[str, pd.DataFrame], seeds: tuple[int, ...], resam
 def cell_lines(jobs: pd.DataFrame, seeds: int) -> list[str]:
     """What one cell of each layout shares, the committed search's reliability and datasets needed, and the
     committed folds' agreement over k datasets beside its prediction."""
-    from dualprompt.tables import cell_agreements
+    from dualprompt.validity import cell_agreements
 
     lines, shares = [], {}
     for layout, kept in (("committed layout", jobs[jobs["layout"] == COMMITTED]),

@@ -7,7 +7,7 @@
 A sweep searched on one class draw (AB, the world as committed). On each other draw (`world.draws`: the
 same datasets and images, two other blocks as base) this scores every complete search trial of the sweep
 as a search would (its configuration's search jobs, both folds, `--search-seeds`), lets each rule pick:
-the highest objective, and the one-standard-error rule (`tables.one_se_choice`: the fewest context vectors
+the highest objective, and the one-standard-error rule (`validity.one_se_choice`: the fewest context vectors
 within one SE of the best, the SE being one trial's spread over its search seeds, or the best's binomial
 SE with one seed), then trains the final stage of the dual-view defaults and of each pick over `--seeds`.
 Printed per draw and over draws: each pick's final Average HM and the paired difference between the rules.
@@ -85,7 +85,7 @@ def pick(search: pd.DataFrame, configs: dict[str, dict]) -> dict:
     """Each rule's pick from one draw's search jobs (variant, seed, hm_val, hm_val_se), ranked as a sweep ranks
     trials (objective = mean over a configuration's jobs; ties: the earlier configuration)."""
     from dualprompt.evaluate import mean_se
-    from dualprompt.tables import PARSIMONY, one_se_choice
+    from dualprompt.validity import PARSIMONY, one_se_choice
 
     objective = search.groupby("variant")["hm_val"].mean().reindex(list(configs))
     ranked = objective.sort_values(ascending=False, kind="stable")
