@@ -171,7 +171,8 @@ def test_evenly_spaced_ranks_span_best_to_worst():
 def test_final_stage_validates_the_next_ranks_and_a_spread_down_to_the_worst():
     from dualprompt.results import load_results
     from dualprompt.sweep_cli import final_variants
-    from dualprompt.tables import best_search_trials, evenly_spaced_ranks, one_se_pick, searched_params
+    from dualprompt.tables import best_search_trials, evenly_spaced_ranks, searched_params
+    from dualprompt.validity import one_se_pick
 
     rows = load_results(str(EXAMPLE))
     ranked = best_search_trials(rows, k=len(rows))["trial_id"].tolist()  # the example's 64 complete trials
