@@ -13,7 +13,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +87,25 @@ def class_sets(cfg: Config, stage: Stage, fold: int, relabel: Relabel | None = N
 
 def evaluation_items(classes: DatasetSplits, evaluation: Evaluation) -> tuple[Item, ...]:
     """The images an evaluation scores. "heldout": held-out classes were never trained on, so their few-shot
-    train images validate too. A half keeps the images of the first ceil(n/2) labels of the class set, or of
-    the rest: the cut `subsample_classes` makes between base and new."""
+    train images validate too. A half keeps some of them (`images_of_mask`)."""
     items = {"test": classes.test, "val": classes.val, "heldout": classes.train + classes.val}[evaluation.split]
     if evaluation.images_of == "all":
         return items
-    first = math.ceil(len(classes.classnames) / 2)
-    return tuple(i for i in items if (i.label < first) == (evaluation.images_of == "first_half"))
+    keep = images_of_mask(_labels(items), len(classes.classnames), evaluation.images_of)
+    return tuple(item for item, kept in zip(items, keep.tolist(), strict=True) if kept)
+
+
+def images_of_mask(labels: torch.Tensor, n_classes: int, images_of: str) -> torch.Tensor:
+    """Which images, by their labels [N], an evaluation's `images_of` keeps [N]: all, or those of the first
+    ceil(n/2) labels of its class set, or of the rest (the cut `subsample_classes` makes between base and new)."""
+    if images_of == "all":
+        return torch.ones_like(labels, dtype=torch.bool)
+    first = labels < math.ceil(n_classes / 2)
+    return first if images_of == "first_half" else ~first
+
+
+def _labels(items: tuple[Item, ...]) -> torch.Tensor:
+    return torch.tensor([item.label for item in items], dtype=torch.long)  # [N]
 
 
 def eval_image_features(store: FeatureStore, items: tuple[Item, ...] | list[Item]) -> torch.Tensor:
@@ -275,21 +287,27 @@ class Experiment:
 
     def _evaluate(self, store: FeatureStore, stage: Stage, evaluations: dict[Evaluation, DatasetSplits],
                   classify) -> Evaluated:
-        """Accuracy of each evaluation (class features computed once per class set), counts and objective SE."""
+        """Accuracy of each evaluation (class features computed once per class set, image features once per
+        class set and split, whose halves are masks), counts and objective SE."""
         start = time.perf_counter()
         out = Evaluated()
         class_features: dict[tuple[str, ...], torch.Tensor] = {}  # class names -> [C, E]
+        images: dict[tuple[tuple[str, ...], str], tuple[torch.Tensor | None, torch.Tensor]] = {}
         for evaluation, classes in evaluations.items():
-            items = evaluation_items(classes, evaluation)
-            out.counts[evaluation.count_column] = len(items)
-            if not items:  # a half of a one-class set
+            split = (classes.classnames, evaluation.split)
+            if split not in images:
+                items = evaluation_items(classes, replace(evaluation, images_of="all"))
+                images[split] = (eval_image_features(store, items) if items else None, _labels(items))  # [N, E], [N]
+            image_features, labels = images[split]
+            keep = images_of_mask(labels, len(classes.classnames), evaluation.images_of)
+            out.counts[evaluation.count_column] = int(keep.sum())
+            if not keep.any():  # no images, or a half of a one-class set
                 out.metrics[evaluation.metric] = math.nan
                 continue
-            image_features = eval_image_features(store, items)  # [N, E]
-            labels = torch.tensor([item.label for item in items])
             if classes.classnames not in class_features:
                 class_features[classes.classnames] = classify(classes.classnames)
-            out.metrics[evaluation.metric] = accuracy(class_features[classes.classnames], image_features, labels)
+            out.metrics[evaluation.metric] = accuracy(class_features[classes.classnames],
+                                                      image_features[keep.to(image_features.device)], labels[keep])
         if stage.hm_of and all(m in out.metrics for m in stage.hm_of):
             (a, b), (ea, eb) = stage.hm_of, stage.evaluations[:2]
             out.metrics[stage.objective] = harmonic_mean(out.metrics[a], out.metrics[b])

@@ -111,17 +111,19 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     return _ordered(table.astype({c: "float64" for c in numbers}), datasets)
 
 
-def per_seed_average(ok: pd.DataFrame) -> pd.DataFrame:
+def per_seed_average(ok: pd.DataFrame, new: str = "acc_test_new") -> pd.DataFrame:
     """Base-to-new per (variant, seed): base and new averaged over datasets and their HM. Only seeds that
-    every dataset of the variant has are kept, so each seed's Average covers the same datasets."""
+    every dataset of the variant has are kept, so each seed's Average covers the same datasets. `new`: the
+    column read as the new accuracy (a half of the new classes: `validity.final_half_cells`)."""
     out = []
     for variant, group in ok.groupby("variant"):
         datasets = set(group["dataset"])
         for seed, rows in group.groupby("seed"):
             if set(rows["dataset"]) != datasets:
                 continue
-            base, new = rows.groupby("dataset")[["acc_test_base", "acc_test_new"]].mean().mean()
-            out.append({"variant": variant, "seed": seed, "base": base, "new": new, "hm": harmonic_mean(base, new)})
+            base, new_acc = rows.groupby("dataset")[["acc_test_base", new]].mean().mean()
+            out.append({"variant": variant, "seed": seed, "base": base, "new": new_acc,
+                        "hm": harmonic_mean(base, new_acc)})
     return pd.DataFrame(out, columns=["variant", "seed", "base", "new", "hm"])
 
 

@@ -16,9 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .evaluate import harmonic_mean
 from .protocols import get_protocol
-from .tables import best_search_trials, final_objective, search_trials, searched_params, variant_order
+from .tables import (
+    best_search_trials,
+    final_objective,
+    per_seed_average,
+    search_trials,
+    searched_params,
+    variant_order,
+)
 
 
 def objective_seed_noise(rows: pd.DataFrame, trial_ids, paired: bool = False) -> tuple[float, int]:
@@ -172,20 +178,14 @@ class LeakFreeCeiling:
 
 def final_half_cells(rows: pd.DataFrame, variants) -> pd.DataFrame:
     """Base-to-new, [variant, (seed, half)]: each seed's Average HM with the new accuracy of one half of the new
-    classes only (datasets averaged first, as `per_seed_average` does; seeds every dataset has). Empty where
-    the rows do not measure the halves (written before they were, or another protocol)."""
+    classes only (`tables.per_seed_average` with that half's column). Empty where the rows do not measure the
+    halves (written before they were, or another protocol)."""
     ok = rows[(rows["stage"] == "final") & (rows["status"] == "ok") & rows["variant"].isin(list(variants))]
     if ok.empty or any(c not in ok or ok[c].isna().all() for c in NEW_HALVES):
         return pd.DataFrame()
-    cells = {}
-    for (variant, seed), group in ok.groupby(["variant", "seed"]):
-        if set(group["dataset"]) != set(ok.loc[ok["variant"] == variant, "dataset"]):
-            continue
-        means = group.astype({c: "float64" for c in ("acc_test_base", *NEW_HALVES)}).groupby("dataset")[
-            ["acc_test_base", *NEW_HALVES]].mean().mean()
-        for half, column in enumerate(NEW_HALVES, start=1):
-            cells[(variant, seed, half)] = harmonic_mean(means["acc_test_base"], means[column])
-    return pd.Series(cells).unstack([1, 2]) if cells else pd.DataFrame()
+    halves = {half: per_seed_average(ok, new=column).set_index(["variant", "seed"])["hm"]
+              for half, column in enumerate(NEW_HALVES, start=1)}
+    return pd.concat(halves, axis=1).unstack("seed").swaplevel(axis=1).sort_index(axis=1)
 
 
 def leak_free_ceiling(rows: pd.DataFrame, variants, resamples: int = 1000) -> LeakFreeCeiling | None:
