@@ -159,6 +159,10 @@ def datasets_needed(agreements: dict[str, float], folds: int, seeds: int, target
     return next((d for d in range(1, 1001) if design_reliability(agreements, d, folds, seeds) >= target), None)
 
 
+# The rank correlation between a search objective and the final numbers that makes the objective worth
+# following over the configurations a search offers (the project's target for its sweeps' objectives).
+VALIDITY_TARGET = 0.6
+
 NEW_HALVES = ("acc_test_new_first_half", "acc_test_new_second_half")  # base-to-new's final stage measures both
 
 

@@ -22,6 +22,7 @@ from dualprompt.report import (
     _held_out_words,
     _leak_free_words,
     _one_se_words,
+    _search_size_words,
     sweep_spec,
 )
 from dualprompt.results import ResultRow, load_results, rows_to_table, write_rows
@@ -237,6 +238,21 @@ def test_report_says_what_one_cell_shares_and_how_many_datasets_would_do():
     assert "would take about 1 dataset at these folds and seeds" in words
     # The same 8 jobs on 4 datasets with one seed: 0.85 / (0.85 + 0.10 / 4 + 0.05 / 8) = 0.96.
     assert "The same jobs spent on 4 datasets with one seed each would give 0.96." in words
+
+
+def test_report_says_how_large_a_search_would_have_to_be_against_a_final():
+    rows = frame(_cell_rows())  # g = 0.85, d = 0.10, c = 0.05, n = 0; 2 datasets x 2 folds x 2 seeds: 0.93
+    # Against a final of reliability 0.37 an objective needs 0.36 / 0.37 = 0.973: 0.85 / (0.85 + 0.125 / D) reaches
+    # it from D = 6 (0.976; 5 gives 0.971), whatever the seeds, since n = 0: 6 x 2 x 2 jobs are 3 times the
+    # search's 8, 6 x 2 x 1 are 1.5 times.
+    words = _search_size_words(rows, 0.37)
+    assert "would need a reliability of at least 0.97 with respect to other classes" in words
+    assert "against this search's 0.93" in words
+    assert "about 6 datasets at 2 seeds each (3.0 times its jobs) or 6 datasets at 1 seed each (1.5 times" in words
+    assert "no objective can have it" in _search_size_words(rows, 0.36)  # needs a reliability of 1
+    # Needing 0.99999 takes about 14,700 datasets, beyond the 1,000 the count looks at.
+    assert "no number of datasets at the search's folds gives it" in _search_size_words(rows, 0.36 / 0.99999)
+    assert _search_size_words(rows, 0.0) == "" and _search_size_words(rows[rows["dataset"] == "x"], 0.5) == ""
 
 
 def _half_rows(ranks: dict[tuple[int, int], list[int]]) -> list[ResultRow]:
