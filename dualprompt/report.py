@@ -43,8 +43,8 @@ from .tables import (
 )
 from .validity import (
     VALIDITY_TARGET,
+    SearchSize,
     cell_study,
-    datasets_needed,
     design_reliability,
     held_out_agreement,
     leak_free_ceiling,
@@ -53,6 +53,7 @@ from .validity import (
     objective_validity,
     one_se_pick,
     reliability,
+    search_size,
     seed_noise,
     spearman,
     spearman_brown,
@@ -396,33 +397,31 @@ def _leak_free_words(table: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
             f"final numbers' spread over {ceiling.seeds} seeds, so an objective that knew all of it would rank these "
             f"configurations as the final does at about **{ceiling.ceiling:.2f}** at most (95% interval "
             f"{ceiling.interval[0]:.2f} to {ceiling.interval[1]:.2f}, resampling the configurations){with_noise}."
-            f"{_search_size_words(rows, ceiling.reliability)}", ""]
+            f"{_search_size_words(search_size(rows, table['variant']))}", ""]
 
 
-def _search_size_words(rows: pd.DataFrame, final_reliability: float) -> str:
+def _search_size_words(size: SearchSize | None) -> str:
     """How large a search of this kind would have to be for its objective to reach VALIDITY_TARGET against
-    this final: a correlation is at most the square root of the two reliabilities' product, so the objective
-    needs VALIDITY_TARGET ** 2 / final_reliability with respect to other classes (the cell study's measure)."""
-    study = cell_study(rows)
-    if study is None or math.isnan(study.reliability) or not final_reliability > 0:
+    these final numbers (`validity.search_size`)."""
+    if size is None or math.isnan(size.study.reliability):
         return ""
-    needed = VALIDITY_TARGET**2 / final_reliability
     intro = (f" For a Spearman of {VALIDITY_TARGET} against these final numbers an objective would need a "
-             f"reliability of at least {needed:.2f} with respect to other classes")
-    if needed >= 1:
+             f"reliability of at least {size.needed:.2f} with respect to other classes")
+    if size.needed >= 1:
         return f"{intro}: no objective can have it, so none can reach {VALIDITY_TARGET} here."
-    designs = []
-    for seeds in sorted({study.seeds, 1}, reverse=True):  # its own seeds, and one seed a dataset (fewer jobs)
-        count = datasets_needed(study.agreements, study.folds, seeds, needed)
+    study, designs = size.study, []
+    for seeds, count in size.datasets.items():
         if count is not None:
             jobs = count * seeds / (study.datasets * study.seeds)
             designs.append(f"{count} dataset{'s' * (count != 1)} at {seeds} seed{'s' * (seeds != 1)} each "
                            f"({jobs:.1f} times its jobs)")
     if not designs:
         return f"{intro}; by the cell study above no number of datasets at the search's folds gives it."
+    low, high = (f"{x:.0f}" if math.isfinite(x) else "more than 1,000" for x in size.interval)
     return (f"{intro}, against this search's {study.reliability:.2f}; by the cell study above that takes about "
-            f"{' or '.join(designs)} at its {study.folds} folds, and more among configurations that differ less "
-            "than the search's trials do.")
+            f"{' or '.join(designs)} at its {study.folds} folds (at one seed, 95% interval {low} to {high}, "
+            "resampling the search's trials and these configurations), and more among configurations that differ "
+            "less than the search's trials do.")
 
 
 def param_importance(trials: pd.DataFrame, params: list[str], bounds: dict) -> tuple[dict[str, float], str]:

@@ -5,7 +5,8 @@ headline number over the configurations the final stage re-trained (`objective_v
 interval), the noise ceilings of both sides (`reliability`, `seed_noise`, `noise_ceiling`), how alike the
 search's folds and cells rank its trials (`held_out_agreement`, `cell_study`: does the ranking carry to other
 held-out classes?), how much of the final ranking depends on which classes are new (`leak_free_ceiling`),
-and the one-standard-error rule of model selection (`one_se_pick`). Conventions as in `dualprompt.tables`.
+how large a search would have to be for its objective to reach VALIDITY_TARGET (`search_size`), and the
+one-standard-error rule of model selection (`one_se_pick`). Conventions as in `dualprompt.tables`.
 """
 
 from __future__ import annotations
@@ -99,15 +100,27 @@ class CellStudy:
 
 def cell_study(rows: pd.DataFrame) -> CellStudy | None:
     """The cell study of a search's complete trials; None without two datasets, folds and seeds or four trials."""
+    cells = search_cells(rows)
+    return None if cells is None else _cell_study(cells)
+
+
+def _cell_study(cells: pd.DataFrame) -> CellStudy:
+    """`cell_study` of a `search_cells` table."""
+    agreements = cell_agreements(cells)
+    datasets, folds, seeds = (cells.columns.get_level_values(c).nunique() for c in CELL)
+    return CellStudy(agreements, datasets, folds, seeds, design_reliability(agreements, datasets, folds, seeds),
+                     datasets_needed(agreements, folds, seeds))
+
+
+def search_cells(rows: pd.DataFrame) -> pd.DataFrame | None:
+    """[trial, (dataset, fold, seed)]: each complete search trial's objective on each cell; None without two
+    datasets, folds and seeds or four complete trials."""
     trials = search_trials(rows)
     complete = trials.loc[trials["complete"].astype(bool), "trial_id"]
     search = rows[rows["stage"] == "search"]
     if len(complete) < 4 or not set(CELL) <= set(search) or any(search[c].nunique() < 2 for c in CELL):
         return None
-    agreements = cell_agreements(objectives_by(rows, complete, CELL))
-    datasets, folds, seeds = (int(search[c].nunique()) for c in CELL)
-    return CellStudy(agreements, datasets, folds, seeds, design_reliability(agreements, datasets, folds, seeds),
-                     datasets_needed(agreements, folds, seeds))
+    return objectives_by(rows, complete, CELL)
 
 
 def cell_agreements(cells: pd.DataFrame) -> dict[str, float]:
@@ -117,12 +130,14 @@ def cell_agreements(cells: pd.DataFrame) -> dict[str, float]:
     seed share its random stream, which is no property of a configuration. What cells of other datasets share
     is a configuration effect that carries to other classes; the rest of what a cell shares with itself on
     another seed is about its own classes and images."""
+    corr = cells.corr(method="spearman", min_periods=3).to_numpy()  # as `spearman` pair by pair, in one call
     pairs: dict[str, list[float]] = {"another seed": [], "another fold": [], "another dataset": []}
     for i, a in enumerate(cells.columns):
-        for b in cells.columns[i + 1 :]:
+        for j in range(i + 1, len(cells.columns)):
+            b = cells.columns[j]
             if a[2] != b[2]:
                 relation = "another dataset" if a[0] != b[0] else "another fold" if a[1] != b[1] else "another seed"
-                pairs[relation].append(spearman(cells[a], cells[b]))
+                pairs[relation].append(corr[i, j])
     return {relation: float(np.mean(values)) if values else math.nan for relation, values in pairs.items()}
 
 
@@ -204,19 +219,73 @@ def leak_free_ceiling(rows: pd.DataFrame, variants, resamples: int = 1000) -> Le
     their spread; shares estimated below zero are set to zero. The interval resamples the configurations
     (`resamples` times, a fixed seed). None with fewer than four configurations or two seeds measured on both
     halves."""
-    cells = final_half_cells(rows, variants)
-    if cells.empty:
+    cells = _measured_half_cells(rows, variants)
+    if cells is None:
         return None
-    cells = cells.dropna()
     seeds = len({seed for seed, _ in cells.columns})
-    if len(cells) < 4 or seeds < 2:
-        return None
     agreements, rel = _leak_free_reliability(cells)
     rng = np.random.default_rng(0)
     draws = [math.sqrt(_leak_free_reliability(cells.iloc[rng.integers(0, len(cells), len(cells))])[1])
              for _ in range(resamples)]
     low, high = np.nanpercentile(draws, [2.5, 97.5]) if resamples else (math.nan, math.nan)
     return LeakFreeCeiling(agreements, seeds, rel, math.sqrt(rel), (float(low), float(high)))
+
+
+def _measured_half_cells(rows: pd.DataFrame, variants) -> pd.DataFrame | None:
+    """`final_half_cells` of the configurations measured on every cell; None with fewer than four of them or
+    two seeds."""
+    cells = final_half_cells(rows, variants)
+    if cells.empty:
+        return None
+    cells = cells.dropna()
+    if len(cells) < 4 or len({seed for seed, _ in cells.columns}) < 2:
+        return None
+    return cells
+
+
+@dataclass(frozen=True)
+class SearchSize:
+    """How large a search like this one would have to be for its objective to reach VALIDITY_TARGET against a
+    final stage's numbers (`search_size`)."""
+
+    needed: float  # the objective's reliability with respect to the final's classes that it takes (>= 1: none)
+    study: CellStudy
+    datasets: dict[int, int | None]  # search seeds a dataset -> datasets at the study's folds (None: over 1,000)
+    interval: tuple[float, float]  # 95% bootstrap interval of the one-seed count (inf: no count would do)
+
+
+def search_size(rows: pd.DataFrame, variants, resamples: int = 1000) -> SearchSize | None:
+    """The datasets of search cells an objective would need for a rank correlation of VALIDITY_TARGET with the
+    final numbers of `variants`.
+
+    A correlation is at most the square root of the product of the two sides' reliabilities, so against a
+    final whose leak-free reliability is R (`leak_free_ceiling`) the objective needs VALIDITY_TARGET ** 2 / R
+    with respect to other classes, which `design_reliability` turns into datasets from the search's cell study.
+    Counted at the search's own seeds and at one seed a dataset (fewer jobs). The interval resamples the
+    search's complete trials and the configurations independently (`resamples` times, a fixed seed). None
+    without a cell study or measured halves. The search's trials spread wider than a search's top does, so for
+    the top these counts are lower bounds."""
+    cells, final = search_cells(rows), _measured_half_cells(rows, variants)
+    if cells is None or final is None:
+        return None
+    study = _cell_study(cells)
+    needed = _needed_reliability(_leak_free_reliability(final)[1])
+    datasets = {seeds: datasets_needed(study.agreements, study.folds, seeds, needed) if needed < 1 else None
+                for seeds in sorted({study.seeds, 1}, reverse=True)}
+    rng = np.random.default_rng(0)
+    counts = []
+    for _ in range(resamples):
+        agreements = cell_agreements(cells.iloc[rng.integers(0, len(cells), len(cells))])
+        need = _needed_reliability(_leak_free_reliability(final.iloc[rng.integers(0, len(final), len(final))])[1])
+        count = datasets_needed(agreements, study.folds, 1, need) if need < 1 else None
+        counts.append(math.inf if count is None else count)
+    low, high = (np.quantile(counts, [0.025, 0.975], method="inverted_cdf") if resamples else (math.nan,) * 2)
+    return SearchSize(needed, study, datasets, (float(low), float(high)))
+
+
+def _needed_reliability(final_reliability: float) -> float:
+    """The objective's reliability that a final of `final_reliability` asks for VALIDITY_TARGET (inf: none)."""
+    return VALIDITY_TARGET**2 / final_reliability if final_reliability > 0 else math.inf
 
 
 def _leak_free_reliability(cells: pd.DataFrame) -> tuple[dict[str, float], float]:

@@ -39,8 +39,10 @@ from dualprompt.tables import (
     transfer_summary,
 )
 from dualprompt.validity import (
+    SearchSize,
     agreement,
     cell_study,
+    datasets_needed,
     design_reliability,
     held_out_agreement,
     leak_free_ceiling,
@@ -48,6 +50,7 @@ from dualprompt.validity import (
     objective_validity,
     one_se_pick,
     reliability,
+    search_size,
     seed_noise,
     spearman,
     spearman_brown,
@@ -241,18 +244,42 @@ def test_report_says_what_one_cell_shares_and_how_many_datasets_would_do():
 
 
 def test_report_says_how_large_a_search_would_have_to_be_against_a_final():
-    rows = frame(_cell_rows())  # g = 0.85, d = 0.10, c = 0.05, n = 0; 2 datasets x 2 folds x 2 seeds: 0.93
+    study = cell_study(frame(_cell_rows()))  # g = 0.85, d = 0.10, c = 0.05, n = 0; 2 datasets x 2 folds x 2 seeds
     # Against a final of reliability 0.37 an objective needs 0.36 / 0.37 = 0.973: 0.85 / (0.85 + 0.125 / D) reaches
     # it from D = 6 (0.976; 5 gives 0.971), whatever the seeds, since n = 0: 6 x 2 x 2 jobs are 3 times the
     # search's 8, 6 x 2 x 1 are 1.5 times.
-    words = _search_size_words(rows, 0.37)
+    needed = 0.36 / 0.37
+    assert datasets_needed(study.agreements, 2, 2, needed) == datasets_needed(study.agreements, 2, 1, needed) == 6
+    words = _search_size_words(SearchSize(needed, study, {2: 6, 1: 6}, (3.0, math.inf)))
     assert "would need a reliability of at least 0.97 with respect to other classes" in words
     assert "against this search's 0.93" in words
     assert "about 6 datasets at 2 seeds each (3.0 times its jobs) or 6 datasets at 1 seed each (1.5 times" in words
-    assert "no objective can have it" in _search_size_words(rows, 0.36)  # needs a reliability of 1
-    # Needing 0.99999 takes about 14,700 datasets, beyond the 1,000 the count looks at.
-    assert "no number of datasets at the search's folds gives it" in _search_size_words(rows, 0.36 / 0.99999)
-    assert _search_size_words(rows, 0.0) == "" and _search_size_words(rows[rows["dataset"] == "x"], 0.5) == ""
+    assert "(at one seed, 95% interval 3 to more than 1,000, resampling the search's trials" in words
+    assert "no objective can have it" in _search_size_words(SearchSize(1.0, study, {2: None, 1: None}, (1, 1)))
+    beyond = _search_size_words(SearchSize(0.99999, study, {2: None, 1: None}, (math.inf, math.inf)))
+    assert "no number of datasets at the search's folds gives it" in beyond
+    assert _search_size_words(None) == ""
+
+
+def test_search_size_reads_the_cell_study_against_the_finals_halves():
+    # The cell rows' five trials, validated by final rows whose halves have reliability 0.85 / 0.9 (the leak-free
+    # test below): an objective needs 0.36 / 0.944 = 0.38, which one dataset of such cells already gives.
+    ranks = {(1, 1): [1, 2, 3, 4, 5], (2, 1): [2, 1, 3, 4, 5], (1, 2): [1, 2, 3, 5, 4], (2, 2): [2, 1, 3, 5, 4]}
+    finals = [r for r in _half_rows(ranks) if r.stage == "final"]
+    rows = frame(_cell_rows() + finals)
+    size = search_size(rows, objective_validity(rows)["variant"], resamples=200)
+    assert size.needed == pytest.approx(0.36 / (0.85 / 0.9)) and size.datasets == {2: 1, 1: 1}
+    assert size.study == cell_study(rows) and size.interval[0] == 1 and size.interval[1] >= 1
+    # Halves that reverse each other leave nothing to know: no reliability is enough.
+    reversed_halves = {key: [1, 2, 3, 4, 5] if key[1] == 1 else [5, 4, 3, 2, 1] for key in ranks}
+    reversed_rows = frame(_cell_rows() + [r for r in _half_rows(reversed_halves) if r.stage == "final"])
+    assert search_size(reversed_rows, objective_validity(rows)["variant"]).needed == math.inf
+    # Without the cell study (one dataset) or without halves: nothing to say.
+    one_dataset = rows[rows["dataset"].ne("y") | rows["stage"].eq("final")]
+    assert search_size(one_dataset, objective_validity(rows)["variant"]) is None
+    no_halves = frame(_cell_rows() + [r for r in _half_rows(ranks) if r.stage == "final"]).assign(
+        acc_test_new_first_half=math.nan)
+    assert search_size(no_halves, objective_validity(rows)["variant"]) is None
 
 
 def _half_rows(ranks: dict[tuple[int, int], list[int]]) -> list[ResultRow]:
