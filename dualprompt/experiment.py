@@ -13,7 +13,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +86,16 @@ def class_sets(cfg: Config, stage: Stage, fold: int, relabel: Relabel | None = N
 
 
 def evaluation_items(classes: DatasetSplits, evaluation: Evaluation) -> tuple[Item, ...]:
-    """The images an evaluation scores. "heldout": held-out classes were never trained on, so their few-shot
-    train images validate too. A half keeps some of them (`images_of_mask`)."""
-    items = {"test": classes.test, "val": classes.val, "heldout": classes.train + classes.val}[evaluation.split]
-    if evaluation.images_of == "all":
-        return items
+    """The images an evaluation scores: its split's (`split_items`), all or a half of them (`images_of_mask`)."""
+    items = split_items(classes, evaluation.split)
     keep = images_of_mask(_labels(items), len(classes.classnames), evaluation.images_of)
     return tuple(item for item, kept in zip(items, keep.tolist(), strict=True) if kept)
+
+
+def split_items(classes: DatasetSplits, split: str) -> tuple[Item, ...]:
+    """The images of a class set's split. "heldout": held-out classes were never trained on, so their few-shot
+    train images validate too."""
+    return {"test": classes.test, "val": classes.val, "heldout": classes.train + classes.val}[split]
 
 
 def images_of_mask(labels: torch.Tensor, n_classes: int, images_of: str) -> torch.Tensor:
@@ -296,7 +299,7 @@ class Experiment:
         for evaluation, classes in evaluations.items():
             split = (classes.classnames, evaluation.split)
             if split not in images:
-                items = evaluation_items(classes, replace(evaluation, images_of="all"))
+                items = split_items(classes, evaluation.split)
                 images[split] = (eval_image_features(store, items) if items else None, _labels(items))  # [N, E], [N]
             image_features, labels = images[split]
             keep = images_of_mask(labels, len(classes.classnames), evaluation.images_of)

@@ -72,14 +72,19 @@ def held_out_agreement(rows: pd.DataFrame) -> HeldOutAgreement | None:
     the folds' agreement, and no measure of the configurations on yet other classes (the final test on the
     true new classes included) can correlate with it beyond about the square root of that. None without two
     folds or with fewer than four complete trials."""
-    trials = search_trials(rows)
-    complete = trials.loc[trials["complete"].astype(bool), "trial_id"]
+    complete = _complete_trials(rows)
     if len(complete) < 4 or "fold" not in rows or rows.loc[rows["stage"] == "search", "fold"].nunique() < 2:
         return None
     per_fold, per_seed = objectives_by(rows, complete, "fold"), objectives_by(rows, complete, "seed")
     folds_agree = agreement(per_fold)
     return HeldOutAgreement(len(complete), per_fold.shape[1], per_seed.shape[1], folds_agree, agreement(per_seed),
                             spearman_brown(folds_agree, per_fold.shape[1]))
+
+
+def _complete_trials(rows: pd.DataFrame) -> pd.Series:
+    """The ids of the search trials whose every job ran."""
+    trials = search_trials(rows)
+    return trials.loc[trials["complete"].astype(bool), "trial_id"]
 
 
 CELL = ["dataset", "fold", "seed"]  # one search job's coordinates inside a trial, as a search row names them
@@ -115,12 +120,17 @@ def _cell_study(cells: pd.DataFrame) -> CellStudy:
 def search_cells(rows: pd.DataFrame) -> pd.DataFrame | None:
     """[trial, (dataset, fold, seed)]: each complete search trial's objective on each cell; None without two
     datasets, folds and seeds or four complete trials."""
-    trials = search_trials(rows)
-    complete = trials.loc[trials["complete"].astype(bool), "trial_id"]
+    complete = _complete_trials(rows)
     search = rows[rows["stage"] == "search"]
     if len(complete) < 4 or not set(CELL) <= set(search) or any(search[c].nunique() < 2 for c in CELL):
         return None
     return objectives_by(rows, complete, CELL)
+
+
+def _spearman_matrix(cells: pd.DataFrame) -> np.ndarray:
+    """[column, column]: `spearman` of every pair of columns, in one call (NaN where a column has no ranks, as
+    when a resample repeats one configuration)."""
+    return cells.corr(method="spearman", min_periods=3).to_numpy()
 
 
 def cell_agreements(cells: pd.DataFrame) -> dict[str, float]:
@@ -130,7 +140,7 @@ def cell_agreements(cells: pd.DataFrame) -> dict[str, float]:
     seed share its random stream, which is no property of a configuration. What cells of other datasets share
     is a configuration effect that carries to other classes; the rest of what a cell shares with itself on
     another seed is about its own classes and images."""
-    corr = cells.corr(method="spearman", min_periods=3).to_numpy()  # as `spearman` pair by pair, in one call
+    corr = _spearman_matrix(cells)
     pairs: dict[str, list[float]] = {"another seed": [], "another fold": [], "another dataset": []}
     for i, a in enumerate(cells.columns):
         for j in range(i + 1, len(cells.columns)):
@@ -291,8 +301,7 @@ def _needed_reliability(final_reliability: float) -> float:
 def _leak_free_reliability(cells: pd.DataFrame) -> tuple[dict[str, float], float]:
     """`leak_free_ceiling`'s agreements (mean Spearman over the pairs of cells of each relation) and reliability
     for a [configuration, (seed, half)] table."""
-    with np.errstate(invalid="ignore", divide="ignore"):  # a resample can repeat one configuration: no ranks
-        corr = np.corrcoef(cells.rank().to_numpy(), rowvar=False)  # Spearman of every pair of cells
+    corr = _spearman_matrix(cells)
     pairs: dict[str, list[float]] = {"another seed": [], "another half": [], "neither": []}
     columns = list(cells.columns)
     for i, a in enumerate(columns):
